@@ -1,0 +1,160 @@
+"""`mlstack-platform ROLE`: the roles of the platform image.
+
+  secrets      first one-shot: generate or take from .env the secrets and the TLS certificate
+  init         second one-shot: databases and roles, bucket, migrations, admin user
+  serve        the MLflow server under gunicorn
+  health       exit 0 when the MLflow server answers /health (the container healthcheck)
+  users ...    list / create / set-password / delete MLflow users
+  credentials  print the admin user name and password
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import urllib.request
+
+from . import bucket, databases, secrets_store, settings, tls
+from .config import PlatformConfig
+from .settings import SettingError
+from .waiting import DependencyUnavailable
+
+
+def log(message: str) -> None:
+    print(f"[mlstack] {message}", flush=True)
+
+
+def run_secrets(config: PlatformConfig) -> None:
+    for name, what in secrets_store.ensure().items():
+        log(f"secret {name}: {what}")
+    source = tls.ensure(settings.TLS_DIR, settings.SECRETS_DIR / "ca", config.hostnames,
+                        config.user_tls_cert, config.user_tls_key)
+    log(f"TLS certificate for {', '.join(config.hostnames)}: {source}")
+
+
+def run_init(config: PlatformConfig) -> None:
+    server = config.superuser()
+    databases.wait_until_ready(server, config.wait_s)
+    role = databases.ensure_role(server, config.db_role, settings.secret("mlflow_db_password"))
+    log(f"database role {config.db_role}: {role}")
+    for db in (config.mlflow_db, config.auth_db):
+        log(f"database {db}: {databases.ensure_database(server, db, config.db_role)}")
+
+    s3 = bucket.client(config.s3_endpoint, settings.secret("minio_root_user"),
+                       settings.secret("minio_root_password"))
+    log(f"bucket {config.bucket}: {bucket.ensure(s3, config.bucket, config.wait_s)}")
+
+    # Migrations run here, once, before any server starts: never in several workers at once.
+    log("migrating the tracking database (mlflow db upgrade)")
+    subprocess.run(["mlflow", "db", "upgrade", config.db_uri(config.mlflow_db)], check=True)
+    log("migrating the auth database")
+    subprocess.run([sys.executable, "-m", "mlflow.server.auth", "db", "upgrade",
+                    "--url", config.db_uri(config.auth_db)], check=True)
+
+    from . import users  # imports the MLflow server: slow, so only where needed
+
+    store = users.open_store(config.db_uri(config.auth_db))
+    admin = settings.secret("admin_username")
+    enforce = bool(os.environ.get("MLSTACK_ADMIN_PASSWORD", "").strip())  # set in .env
+    state = users.ensure_admin(store, admin, settings.secret("admin_password"), enforce)
+    log(f"admin user {admin}: {state}")
+    log("init complete")
+
+
+def run_health() -> int:
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:5000/health", timeout=5) as response:
+            return 0 if response.status == 200 else 1
+    except OSError as exc:
+        print(f"unhealthy: {exc}", file=sys.stderr)
+        return 1
+
+
+def read_password(from_stdin: bool) -> str | None:
+    if not from_stdin:
+        return None
+    password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        raise ValueError("--password-stdin: no password on standard input")
+    return password
+
+
+def run_users(config: PlatformConfig, args: argparse.Namespace) -> None:
+    from . import users
+
+    store = users.open_store(config.db_uri(config.auth_db))
+    if args.action == "list":
+        for name, is_admin in users.listing(store):
+            print(f"{name}\t{'admin' if is_admin else 'user'}")
+    elif args.action == "create":
+        password = users.create(store, args.username, read_password(args.password_stdin), args.admin)
+        print(f"created user {args.username}" + (" (admin)" if args.admin else ""))
+        if not args.password_stdin:
+            print(f"password: {password}")
+    elif args.action == "set-password":
+        password = users.set_password(store, args.username, read_password(args.password_stdin))
+        print(f"password changed for {args.username}")
+        if not args.password_stdin:
+            print(f"password: {password}")
+    elif args.action == "delete":
+        users.delete(store, args.username, settings.secret("admin_username"))
+        print(f"deleted user {args.username}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mlstack-platform", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    roles = p.add_subparsers(dest="role", required=True)
+    for role in ("secrets", "init", "serve", "health", "credentials"):
+        roles.add_parser(role)
+    u = roles.add_parser("users").add_subparsers(dest="action", required=True)
+    u.add_parser("list")
+    for action in ("create", "set-password", "delete"):
+        a = u.add_parser(action)
+        a.add_argument("username")
+        if action != "delete":
+            a.add_argument("--password-stdin", action="store_true",
+                           help="read the password from standard input instead of generating one")
+        if action == "create":
+            a.add_argument("--admin", action="store_true", help="make the user an MLflow admin")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.role == "health":
+            return run_health()
+        if args.role == "credentials":
+            print(f"MLFLOW_TRACKING_USERNAME={settings.secret('admin_username')}")
+            print(f"MLFLOW_TRACKING_PASSWORD={settings.secret('admin_password')}")
+            return 0
+        config = PlatformConfig.from_env()
+        if args.role == "secrets":
+            run_secrets(config)
+        elif args.role == "init":
+            run_init(config)
+        elif args.role == "serve":
+            from .server import exec_server
+            exec_server(config)
+        elif args.role == "users":
+            run_users(config, args)
+        return 0
+    except SettingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except DependencyUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except ValueError as exc:  # bad operator input (users ...)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except subprocess.CalledProcessError as exc:
+        print(f"error: {' '.join(exc.cmd[:3])} failed with exit code {exc.returncode}", file=sys.stderr)
+        return 4
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Everything the platform's roles need to know, gathered and validated in one go."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import settings
+from .databases import Server, sqlalchemy_uri
+
+PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
+
+
+@dataclass(frozen=True)
+class PlatformConfig:
+    hostnames: list[str]
+    postgres_host: str
+    postgres_port: int
+    mlflow_db: str
+    auth_db: str
+    db_role: str
+    s3_endpoint: str
+    bucket: str
+    workers: int
+    threads: int
+    timeout_s: int
+    db_pool_size: int
+    db_max_overflow: int
+    default_permission: str
+    auth_cache_ttl_s: int
+    wait_s: int
+    user_tls_cert: Path
+    user_tls_key: Path
+
+    @classmethod
+    def from_env(cls) -> PlatformConfig:
+        return cls(
+            hostnames=settings.hostnames("MLSTACK_HOSTNAMES", "localhost 127.0.0.1"),
+            postgres_host=settings.text("POSTGRES_HOST", "postgres"),
+            postgres_port=settings.integer("POSTGRES_PORT", 5432, maximum=65535),
+            mlflow_db="mlflow",
+            auth_db="mlflow_auth",
+            db_role="mlflow",
+            s3_endpoint=settings.text("MLSTACK_S3_ENDPOINT", "http://minio:9000"),
+            bucket=settings.bucket("MLSTACK_ARTIFACT_BUCKET", "mlflow-artifacts"),
+            workers=settings.integer("MLFLOW_WORKERS", 4, maximum=64),
+            threads=settings.integer("MLFLOW_THREADS", 8, maximum=256),
+            timeout_s=settings.integer("MLFLOW_TIMEOUT_SECONDS", 120, minimum=10, maximum=86400),
+            db_pool_size=settings.integer("MLFLOW_DB_POOL_SIZE", 5, maximum=100),
+            db_max_overflow=settings.integer("MLFLOW_DB_MAX_OVERFLOW", 5, minimum=0, maximum=100),
+            default_permission=settings.choice(
+                "MLFLOW_AUTH_DEFAULT_PERMISSION", "NO_PERMISSIONS", PERMISSIONS),
+            auth_cache_ttl_s=settings.integer(
+                "MLFLOW_AUTH_CACHE_TTL_SECONDS", 60, minimum=0, maximum=3600),
+            wait_s=settings.integer("MLSTACK_INIT_WAIT_SECONDS", 120, maximum=3600),
+            user_tls_cert=Path(settings.text("MLSTACK_USER_TLS_CERT", "/run/secrets/tls_cert")),
+            user_tls_key=Path(settings.text("MLSTACK_USER_TLS_KEY", "/run/secrets/tls_key")),
+        )
+
+    # Values below come from the secrets volume, so they are read only when needed.
+
+    def superuser(self) -> Server:
+        return Server(self.postgres_host, self.postgres_port, "postgres",
+                      settings.secret("postgres_password"))
+
+    def db_uri(self, dbname: str) -> str:
+        return sqlalchemy_uri(self.postgres_host, self.postgres_port, self.db_role,
+                              settings.secret("mlflow_db_password"), dbname)
+
+    def allowed_hosts(self) -> list[str]:
+        # MLflow matches the Host header, port included, so each name is listed with and
+        # without one. Listing them explicitly also drops MLflow 3.17's default patterns such
+        # as `10.*`, which match names like `10.evil.example` (fixed only in 3.18).
+        # "mlflow" is the service name other containers (the trainer) use inside the network.
+        return [p for host in [*self.hostnames, "mlflow"] for p in (host, f"{host}:*")]

@@ -1,0 +1,78 @@
+"""PostgreSQL: the databases and roles the platform needs, created idempotently by init."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import psycopg2
+from psycopg2 import sql
+
+from .waiting import wait_for
+
+
+@dataclass(frozen=True)
+class Server:
+    host: str
+    port: int
+    superuser: str
+    superuser_password: str
+
+    def connect(self, dbname: str = "postgres"):
+        return psycopg2.connect(
+            host=self.host, port=self.port, user=self.superuser,
+            password=self.superuser_password, dbname=dbname, connect_timeout=5,
+        )
+
+
+def sqlalchemy_uri(host: str, port: int, user: str, password: str, dbname: str) -> str:
+    # SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3; the image ships psycopg2.
+    return (f"postgresql+psycopg2://{quote(user, safe='')}:{quote(password, safe='')}"
+            f"@{host}:{port}/{quote(dbname, safe='')}")
+
+
+def wait_until_ready(server: Server, timeout_s: float) -> None:
+    def attempt() -> None:
+        server.connect().close()
+
+    wait_for(
+        f"PostgreSQL at {server.host}:{server.port}", attempt, timeout_s,
+        "Check `docker compose logs postgres`.",
+        # A wrong password will not fix itself by waiting: say so at once.
+        fatal=lambda exc: "password authentication failed" in str(exc),
+    )
+
+
+def ensure_role(server: Server, role: str, password: str) -> str:
+    """Create a login role, or set its password to the current secret. Returns what happened."""
+    conn = server.connect()
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+            verb = "ALTER" if cur.fetchone() else "CREATE"
+            cur.execute(
+                sql.SQL(verb + " ROLE {} WITH LOGIN PASSWORD %s").format(sql.Identifier(role)),
+                (password,),
+            )
+        return "created" if verb == "CREATE" else "kept"
+    finally:
+        conn.close()
+
+
+def ensure_database(server: Server, name: str, owner: str) -> str:
+    conn = server.connect()
+    try:
+        conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cur.fetchone():
+                return "kept"
+            cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(name), sql.Identifier(owner)))
+            # Only its owner (and the superuser) may connect.
+            cur.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(
+                sql.Identifier(name)))
+            return "created"
+    finally:
+        conn.close()

@@ -1,0 +1,79 @@
+"""Generates the platform's secrets on first start and keeps them across restarts.
+
+Each secret lives in its own file (mode 0600) in the secrets volume. A value set in `.env` wins
+and is written over the stored one, so an operator can rotate it by editing `.env`; otherwise a
+stored value is never overwritten. There is no well-known default anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import settings
+from .settings import SettingError
+
+
+@dataclass(frozen=True)
+class Secret:
+    file: str
+    env: str | None  # the .env setting that overrides it; None: always generated
+    min_length: int = 12
+    default: str | None = None  # a non-secret default (user names); None: random
+
+
+SECRETS = (
+    # PostgreSQL's superuser: used by init alone, so it is never an operator setting.
+    Secret("postgres_password", None),
+    Secret("mlflow_db_password", None),
+    Secret("minio_root_user", "MINIO_ROOT_USER", min_length=3, default="mlstack"),
+    Secret("minio_root_password", "MINIO_ROOT_PASSWORD", min_length=8),
+    Secret("flask_secret_key", "MLFLOW_FLASK_SERVER_SECRET_KEY", min_length=16),
+    Secret("admin_username", "MLSTACK_ADMIN_USERNAME", min_length=1, default="admin"),
+    # MLflow refuses admin passwords shorter than 12 characters.
+    Secret("admin_password", "MLSTACK_ADMIN_PASSWORD", min_length=12),
+)
+
+
+def generate() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def write_private(path: Path, value: str) -> None:
+    """Write atomically with mode 0600, so a crash never leaves a half-written secret."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def ensure(directory: Path = settings.SECRETS_DIR) -> dict[str, str]:
+    """Make every secret exist; return what was done to each ('kept', 'generated', 'from .env')."""
+    directory.mkdir(parents=True, exist_ok=True)
+    done: dict[str, str] = {}
+    for spec in SECRETS:
+        path = directory / spec.file
+        override = os.environ.get(spec.env, "").strip() if spec.env else ""
+        stored = path.read_text().strip() if path.exists() else ""
+        if override:
+            if len(override) < spec.min_length:
+                raise SettingError(
+                    f"{spec.env} is too short ({len(override)} characters): use at least "
+                    f"{spec.min_length}, or remove it from .env to have one generated"
+                )
+            if spec.file == "admin_username":
+                settings.username(spec.env, spec.default or "admin")
+            if override != stored:
+                write_private(path, override)
+            done[spec.file] = "from .env"
+        elif stored:
+            done[spec.file] = "kept"
+        else:
+            write_private(path, spec.default or generate())
+            done[spec.file] = "default" if spec.default else "generated"
+    return done

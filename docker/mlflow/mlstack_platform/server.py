@@ -1,0 +1,90 @@
+"""Launches the MLflow tracking server (with the model registry, artifact proxy and basic auth)
+under gunicorn, configured from the platform settings and secrets."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import shlex
+from pathlib import Path
+
+from . import settings
+from .config import PlatformConfig
+
+AUTH_INI = Path(os.environ.get("MLSTACK_AUTH_INI", "/tmp/mlstack/basic_auth.ini"))
+
+
+def write_auth_ini(config: PlatformConfig, path: Path = AUTH_INI) -> Path:
+    ini = configparser.ConfigParser()
+    ini["mlflow"] = {
+        "default_permission": config.default_permission,
+        "database_uri": config.db_uri(config.auth_db),
+        "admin_username": settings.secret("admin_username"),
+        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+        # Basic auth runs PBKDF2 on every request (~300 ms per call measured); the cache makes
+        # a repeated credential cost a dictionary lookup. Changes made through the API take
+        # effect at once on the worker that handled them, elsewhere within the TTL.
+        "auth_cache_ttl_seconds": str(config.auth_cache_ttl_s),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        ini.write(f)
+    return path
+
+
+def gunicorn_options(config: PlatformConfig) -> str:
+    return shlex.join([
+        # Threads, not sync workers: gunicorn's timeout then guards against hung workers
+        # without killing a slow multi-GB artifact upload that takes longer than the timeout.
+        "--worker-class", "gthread",
+        "--threads", str(config.threads),
+        "--timeout", str(config.timeout_s),
+        "--graceful-timeout", "30",
+        "--keep-alive", "75",  # longer than nginx's upstream idle time
+        # Recycle workers now and then so slow leaks cannot build up; jitter avoids all at once.
+        "--max-requests", "20000",
+        "--max-requests-jitter", "2000",
+        "--access-logfile", "-",
+        "--forwarded-allow-ips", "*",  # only nginx can reach this port
+    ])
+
+
+def command_and_env(config: PlatformConfig) -> tuple[list[str], dict[str, str]]:
+    env = {
+        # S3 credentials stay on the server: clients upload through the artifact proxy.
+        "MLFLOW_S3_ENDPOINT_URL": config.s3_endpoint,
+        "AWS_ACCESS_KEY_ID": settings.secret("minio_root_user"),
+        "AWS_SECRET_ACCESS_KEY": settings.secret("minio_root_password"),
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "MLFLOW_AUTH_CONFIG_PATH": str(write_auth_ini(config)),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": settings.secret("flask_secret_key"),
+        # The flags --allowed-hosts/--cors-allowed-origins are refused with --gunicorn-opts,
+        # but these variables are enforced all the same (tests/e2e prove it).
+        "MLFLOW_SERVER_ALLOWED_HOSTS": ",".join(config.allowed_hosts()),
+        "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS": ",".join(f"https://{h}" for h in config.hostnames),
+        # Background GenAI job runners (~2 GB RSS) that this platform does not use.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        # Two pools per worker (tracking and registry): workers x 2 x (size + overflow)
+        # connections; see POSTGRES_MAX_CONNECTIONS in .env.example.
+        "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(config.db_pool_size),
+        "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(config.db_max_overflow),
+        "MLFLOW_SQLALCHEMYSTORE_POOL_RECYCLE": "3600",
+    }
+    command = [
+        "mlflow", "server",
+        "--backend-store-uri", config.db_uri(config.mlflow_db),
+        "--artifacts-destination", f"s3://{config.bucket}",
+        "--serve-artifacts",
+        "--app-name", "basic-auth",
+        "--host", "0.0.0.0",
+        "--port", "5000",
+        "--workers", str(config.workers),
+        "--gunicorn-opts", gunicorn_options(config),
+    ]
+    return command, env
+
+
+def exec_server(config: PlatformConfig) -> None:
+    command, env = command_and_env(config)
+    os.execvpe(command[0], command, {**os.environ, **env})

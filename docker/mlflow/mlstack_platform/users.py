@@ -1,0 +1,65 @@
+"""MLflow users, managed through MLflow's own auth store (the one user store that nginx, the
+MLflow UI and the API all check). Operators reach it with `scripts/users`."""
+
+from __future__ import annotations
+
+from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+from .secrets_store import generate
+
+MIN_PASSWORD = 12  # MLflow's own minimum for the admin; applied to everyone here
+
+
+def open_store(auth_db_uri: str) -> SqlAlchemyStore:
+    store = SqlAlchemyStore()
+    store.init_db(auth_db_uri)  # also brings the auth schema up to date
+    return store
+
+
+def check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise ValueError(f"the password is too short: use at least {MIN_PASSWORD} characters")
+
+
+def ensure_admin(store: SqlAlchemyStore, username: str, password: str, enforce: bool) -> str:
+    """Create the admin on first start. With `enforce` (the password came from .env), also
+    reset it to that password when it no longer matches; otherwise never touch it again, so a
+    password the admin changed in MLflow stays changed."""
+    if not store.has_user(username):
+        store.create_user(username, password, is_admin=True)
+        return "created"
+    if enforce and not store.authenticate_user(username, password):
+        store.update_user(username, password=password, is_admin=True)
+        return "password reset from .env"
+    return "kept"
+
+
+def create(store: SqlAlchemyStore, username: str, password: str | None, admin: bool) -> str:
+    """Create a user; returns the password (generated when none is given)."""
+    if store.has_user(username):
+        raise ValueError(f"user {username!r} already exists (use set-password to change it)")
+    password = password or generate()
+    check_password(password)
+    store.create_user(username, password, is_admin=admin)
+    return password
+
+
+def set_password(store: SqlAlchemyStore, username: str, password: str | None) -> str:
+    if not store.has_user(username):
+        raise ValueError(f"no user {username!r}")
+    password = password or generate()
+    check_password(password)
+    store.update_user(username, password=password)
+    return password
+
+
+def delete(store: SqlAlchemyStore, username: str, admin_username: str) -> None:
+    if username == admin_username:
+        raise ValueError(f"{username!r} is the platform admin (MLSTACK_ADMIN_USERNAME): not deleted")
+    if not store.has_user(username):
+        raise ValueError(f"no user {username!r}")
+    store.delete_user(username)
+
+
+def listing(store: SqlAlchemyStore) -> list[tuple[str, bool]]:
+    return sorted((u.username, u.is_admin) for u in store.list_users())
