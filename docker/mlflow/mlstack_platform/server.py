@@ -74,7 +74,8 @@ def command_and_env(config: PlatformConfig) -> tuple[list[str], dict[str, str]]:
     command = [
         "mlflow", "server",
         "--backend-store-uri", config.db_uri(config.mlflow_db),
-        "--artifacts-destination", f"s3://{config.bucket}",
+        # s3-proxied: S3 without presigned URLs, see artifact_repo.py.
+        "--artifacts-destination", f"s3-proxied://{config.bucket}",
         "--serve-artifacts",
         "--app-name", "basic-auth",
         "--host", "0.0.0.0",

@@ -1,0 +1,44 @@
+"""The artifact store behind MLflow's artifact proxy: S3 (MinIO), reached by the server alone.
+
+Since MLflow 3.x a server whose artifact destination is S3 advertises presigned multipart
+downloads and uploads in /server-info (mlflow/mlflow#20352), and stock clients then fetch
+artifacts straight from the S3 endpoint. Here that endpoint (http://minio:9000) sits on an
+internal network that team members cannot reach, and they hold no S3 credentials by design:
+every byte must go through the proxy. This repository therefore offers S3's plain operations
+only, without the multipart/presigned mixins, so the server neither advertises nor serves
+presigned URLs. Registered for the `s3-proxied://` scheme (pyproject.toml entry point) and
+used as `--artifacts-destination s3-proxied://BUCKET`.
+"""
+
+from __future__ import annotations
+
+from mlflow.store.artifact.artifact_repo import ArtifactRepository
+from mlflow.store.artifact.s3_artifact_repo import S3ArtifactRepository
+
+SCHEME = "s3-proxied"
+
+
+class ProxiedS3ArtifactRepository(ArtifactRepository):
+    def __init__(self, artifact_uri: str, tracking_uri: str | None = None,
+                 registry_uri: str | None = None) -> None:
+        super().__init__(artifact_uri, tracking_uri, registry_uri)
+        if not artifact_uri.startswith(f"{SCHEME}://"):
+            raise ValueError(f"not a {SCHEME}:// URI: {artifact_uri}")
+        s3_uri = "s3://" + artifact_uri[len(SCHEME) + 3:]
+        self._s3 = S3ArtifactRepository(s3_uri, tracking_uri=tracking_uri,
+                                         registry_uri=registry_uri)
+
+    def log_artifact(self, local_file, artifact_path=None):
+        return self._s3.log_artifact(local_file, artifact_path)
+
+    def log_artifacts(self, local_dir, artifact_path=None):
+        return self._s3.log_artifacts(local_dir, artifact_path)
+
+    def list_artifacts(self, path=None):
+        return self._s3.list_artifacts(path)
+
+    def _download_file(self, remote_file_path, local_path):
+        return self._s3._download_file(remote_file_path, local_path)
+
+    def delete_artifacts(self, artifact_path=None):
+        return self._s3.delete_artifacts(artifact_path)
