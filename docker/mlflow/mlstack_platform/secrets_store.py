@@ -53,9 +53,11 @@ def write_private(path: Path, value: str) -> None:
 
 
 def ensure(directory: Path = settings.SECRETS_DIR) -> dict[str, str]:
-    """Make every secret exist; return what was done to each ('kept', 'generated', 'from .env')."""
+    """Make every secret exist; return what was done to each ('kept', 'generated', 'from .env').
+
+    Every .env value is checked before anything is written, so a bad one changes nothing."""
     directory.mkdir(parents=True, exist_ok=True)
-    done: dict[str, str] = {}
+    plan: list[tuple[Path, str | None, str]] = []  # (file, value to write or None, what)
     for spec in SECRETS:
         path = directory / spec.file
         override = os.environ.get(spec.env, "").strip() if spec.env else ""
@@ -67,13 +69,14 @@ def ensure(directory: Path = settings.SECRETS_DIR) -> dict[str, str]:
                     f"{spec.min_length}, or remove it from .env to have one generated"
                 )
             if spec.file == "admin_username":
-                settings.username(spec.env, spec.default or "admin")
-            if override != stored:
-                write_private(path, override)
-            done[spec.file] = "from .env"
+                settings.username(spec.env, "admin")
+            plan.append((path, override if override != stored else None, "from .env"))
         elif stored:
-            done[spec.file] = "kept"
+            plan.append((path, None, "kept"))
         else:
-            write_private(path, spec.default or generate())
-            done[spec.file] = "default" if spec.default else "generated"
-    return done
+            plan.append((path, spec.default or generate(),
+                         "default" if spec.default else "generated"))
+    for path, value, _ in plan:
+        if value is not None:
+            write_private(path, value)
+    return {path.name: what for path, _, what in plan}

@@ -3,7 +3,13 @@ MLflow UI and the API all check). Operators reach it with `scripts/users`."""
 
 from __future__ import annotations
 
-from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+import warnings
+
+# Importing the auth store imports MLflow's server, whose FastAPI module warns about a
+# Starlette deprecation that is MLflow's to fix; keep it out of operators' terminals.
+warnings.filterwarnings("ignore", message="starlette.middleware.wsgi is deprecated")
+
+from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore  # noqa: E402
 
 from .secrets_store import generate
 

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from .stack import Stack
+
+_failed = False
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    global _failed
+    outcome = yield
+    if outcome.get_result().failed:
+        _failed = True
+
+
+@pytest.fixture(scope="session")
+def stack():
+    """The real platform, brought up from docker-compose.yml once for all e2e tests and always
+    torn down with its volumes. On any failure every service's state and logs are printed."""
+    if shutil.which("docker") is None or subprocess.run(
+            ["docker", "compose", "version"], capture_output=True).returncode != 0:
+        pytest.fail("the end-to-end tests need Docker with Compose v2 "
+                    "(on a runner without registry access: see tests/standins/)")
+    s = Stack(project=f"mlstack-e2e-{os.getpid()}")
+    try:
+        try:
+            s.up()
+        except subprocess.CalledProcessError as exc:
+            # Straight to the terminal: pytest would otherwise keep it in its capture.
+            sys.__stderr__.write(f"{exc.stdout}\n{exc.stderr}\n{s.diagnostics()}\n")
+            raise
+        yield s
+        if _failed:
+            sys.__stderr__.write(s.diagnostics() + "\n")
+    finally:
+        s.down()

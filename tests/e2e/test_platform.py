@@ -1,0 +1,291 @@
+"""The platform end to end, through nginx only, as its users meet it: the README's commands,
+the stock MLflow client, plain HTTPS. One stack is brought up for the whole module."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from .stack import Stack
+
+HERE = Path(__file__).parent
+LONG_RUNNING = {"postgres", "minio", "mlflow", "tensorboard", "nginx"}
+ONE_SHOT = {"init-secrets", "init"}
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_client(stack: Stack, user: str, password: str, *args: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "client_workflow.py"), *args],
+        env=stack.client_env(user, password), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"client failed:\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def admin(stack: Stack) -> tuple[str, str]:
+    return stack.admin()
+
+
+@pytest.fixture(scope="module")
+def alice(stack: Stack) -> tuple[str, str]:
+    out = stack.script("users", "create", "alice").stdout
+    password = out.split("password:")[1].strip()
+    return "alice", password
+
+
+@pytest.fixture(scope="module")
+def bob(stack: Stack) -> tuple[str, str]:
+    password = "bob-has-a-long-password"
+    stack.script("users", "create", "bob", "--password-stdin", input=password + "\n")
+    return "bob", password
+
+
+# --- the stack itself -------------------------------------------------------------------
+
+def test_every_service_is_up_and_healthy(stack: Stack):
+    services = stack.services()
+    assert set(services) == LONG_RUNNING | ONE_SHOT
+    for name in LONG_RUNNING:
+        assert services[name]["State"] == "running", services[name]
+        assert services[name]["Health"] == "healthy", services[name]
+    for name in ONE_SHOT:
+        assert services[name]["State"] == "exited" and services[name]["ExitCode"] == 0
+
+
+def test_only_nginx_publishes_ports_and_stores_sit_on_an_internal_network(stack: Stack):
+    services = stack.services()
+    for name, row in services.items():
+        published = [p for p in (row.get("Publishers") or []) if p.get("PublishedPort")]
+        if name == "nginx":
+            assert {p["TargetPort"] for p in published} == {80, 443}
+            assert all(p["URL"] == "127.0.0.1" for p in published)
+        else:
+            assert published == [], f"{name} publishes {published}"
+    inspect = subprocess.run(
+        ["docker", "network", "inspect", f"{stack.project}_backend"],
+        capture_output=True, text=True, check=True)
+    assert json.loads(inspect.stdout)[0]["Internal"] is True
+
+
+# --- credentials and authentication -----------------------------------------------------
+
+def test_admin_credentials_are_generated_and_work(stack: Stack, admin):
+    user, password = admin
+    assert user == "admin"
+    assert len(password) >= 24 and password != "password1234"
+    r = stack.session(user, password).get(f"{stack.base_url}/api/2.0/mlflow/users/current")
+    assert r.status_code == 200 and r.json()["user"]["username"] == "admin"
+
+
+def test_http_redirects_to_https(stack: Stack):
+    s = stack.session()
+    r = s.get(f"http://localhost:{stack.http_port}/some/page?x=1", allow_redirects=False)
+    assert r.status_code == 301
+    assert r.headers["Location"] == f"https://localhost:{stack.https_port}/some/page?x=1"
+
+
+PROTECTED = [
+    "/",
+    "/static-files/favicon.ico",
+    "/api/2.0/mlflow/experiments/search?max_results=1",
+    "/api/2.0/mlflow-artifacts/artifacts/0/somerun/artifacts/model.pkl",
+    "/get-artifact?path=x&run_uuid=y",
+    "/tensorboard/",
+    "/tensorboard/data/runs",
+    "/font-roboto/x.woff2",
+]
+
+
+@pytest.mark.parametrize("path", PROTECTED)
+def test_every_path_needs_a_valid_login(stack: Stack, admin, path):
+    url = f"{stack.base_url}{path}"
+    anonymous = stack.session().get(url)
+    assert anonymous.status_code == 401
+    # The browser's login prompt: one realm, the same for MLflow and TensorBoard.
+    assert anonymous.headers.get("WWW-Authenticate", "").startswith("Basic")
+    wrong = stack.session(admin[0], "not-the-password").get(url)
+    assert wrong.status_code == 401
+    unknown = stack.session("nobody", "whatever-password").get(url)
+    assert unknown.status_code == 401
+
+
+def test_one_login_opens_mlflow_ui_and_tensorboard(stack: Stack, alice):
+    s = stack.session(*alice)
+    ui = s.get(f"{stack.base_url}/")
+    assert ui.status_code == 200 and "<title>MLflow</title>" in ui.text
+    tb = s.get(f"{stack.base_url}/tensorboard/")
+    assert tb.status_code == 200 and "TensorBoard" in tb.text
+
+
+@pytest.mark.parametrize("host", ["evil.example", "10.evil.example", "localhost.evil.example"])
+def test_foreign_host_header_is_refused(stack: Stack, admin, host):
+    # At the front door: nginx answers only for the configured host names.
+    s = stack.session(*admin)
+    s.verify = False  # the certificate does not name these hosts; the Host header is the test
+    r = s.get(f"{stack.base_url}/api/2.0/mlflow/experiments/search", headers={"Host": host})
+    assert r.status_code == 421
+    # Behind it, MLflow's own host check is active under gunicorn (set through
+    # MLFLOW_SERVER_ALLOWED_HOSTS, since --allowed-hosts is refused with --gunicorn-opts).
+    probe = textwrap.dedent(f"""
+        import urllib.request, urllib.error
+        req = urllib.request.Request("http://127.0.0.1:5000/api/2.0/mlflow/experiments/search",
+                                     headers={{"Host": "{host}"}})
+        try:
+            print(urllib.request.urlopen(req).status)
+        except urllib.error.HTTPError as e:
+            print(e.code, e.read().decode())
+    """)
+    out = stack.compose("exec", "-T", "mlflow", "python", "-c", probe).stdout
+    assert out.startswith("403") and "Invalid Host header" in out
+
+
+# --- a team member's work ----------------------------------------------------------------
+
+def test_team_member_tracks_registers_and_loads_a_model(stack: Stack, alice, tmp_path):
+    big = tmp_path / "weights.bin"
+    with open(big, "wb") as f:
+        for _ in range(200):
+            f.write(os.urandom(1 << 20))  # 200 MiB: no 413, no buffering limit, no timeout
+    result = run_client(stack, *alice, "alice-digits", "alice-doubler", str(big))
+
+    assert result["params"] == {"lr": "0.01", "epochs": "3"}
+    assert result["loss"] == [[step, 1.0 / (step + 1)] for step in range(10)]
+    # Artifacts go through MLflow's proxy: the client never sees an S3 URI.
+    assert result["artifact_uri"].startswith("mlflow-artifacts:/")
+    assert result["notes_roundtrip"] is True
+    assert result["big_sha256"] == sha256(big)
+    assert result["registered_version"] == "1"
+    assert result["prediction"] == [6.0, 9.0]
+
+    # The artifact really is in the bucket, with every byte.
+    key = f"{result['experiment_id']}/{result['run_id']}/artifacts/big/weights.bin"
+    probe = textwrap.dedent(f"""
+        import boto3, os
+        read = lambda name: open("/var/lib/mlstack/secrets/" + name).read().strip()
+        s3 = boto3.client("s3", endpoint_url=os.environ["MLFLOW_S3_ENDPOINT_URL"],
+                          aws_access_key_id=read("minio_root_user"),
+                          aws_secret_access_key=read("minio_root_password"),
+                          region_name="us-east-1")
+        print(s3.head_object(Bucket="mlflow-artifacts", Key="{key}")["ContentLength"])
+    """)
+    out = stack.compose("exec", "-T", "-e", "MLFLOW_S3_ENDPOINT_URL=http://minio:9000",
+                        "mlflow", "python", "-c", probe).stdout
+    assert int(out.strip()) == big.stat().st_size
+
+
+def test_users_cannot_read_each_others_experiments(stack: Stack, alice, bob, admin):
+    base = stack.base_url
+    as_alice, as_bob = stack.session(*alice), stack.session(*bob)
+    created = as_alice.post(f"{base}/api/2.0/mlflow/experiments/create",
+                            json={"name": "alice-private"})
+    assert created.status_code == 200, created.text
+    exp_id = created.json()["experiment_id"]
+    run = as_alice.post(f"{base}/api/2.0/mlflow/runs/create", json={"experiment_id": exp_id})
+    assert run.status_code == 200, run.text
+    run_id = run.json()["run"]["info"]["run_id"]
+
+    assert as_alice.get(f"{base}/api/2.0/mlflow/experiments/get",
+                        params={"experiment_id": exp_id}).status_code == 200
+    assert as_bob.get(f"{base}/api/2.0/mlflow/experiments/get",
+                      params={"experiment_id": exp_id}).status_code == 403
+    assert as_bob.get(f"{base}/api/2.0/mlflow/runs/get",
+                      params={"run_id": run_id}).status_code == 403
+    listed = as_bob.post(f"{base}/api/2.0/mlflow/experiments/search",
+                         json={"max_results": 1000}).json().get("experiments", [])
+    assert exp_id not in {e["experiment_id"] for e in listed}
+    # The admin sees everything.
+    assert stack.session(*admin).get(f"{base}/api/2.0/mlflow/experiments/get",
+                                     params={"experiment_id": exp_id}).status_code == 200
+
+
+def test_users_script_rejects_mistakes_without_changing_anything(stack: Stack, bob):
+    dup = stack.script("users", "create", "bob", check=False)
+    assert dup.returncode != 0 and "already exists" in dup.stderr
+    short = stack.script("users", "set-password", "bob", "--password-stdin",
+                         input="short\n", check=False)
+    assert short.returncode != 0 and "at least 12" in short.stderr
+    # Bob's password still works.
+    r = stack.session(*bob).get(f"{stack.base_url}/api/2.0/mlflow/users/current")
+    assert r.status_code == 200
+
+
+# --- TensorBoard --------------------------------------------------------------------------
+
+WRITE_EVENTS = """
+import time
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+writer = EventFileWriter("/var/lib/mlstack/tb-logs/e2e-experiment/run-1-0123abcd")
+for step, value in enumerate([0.9, 0.5, 0.25]):
+    summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag="loss", simple_value=value)])
+    writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+writer.close()
+"""
+
+
+def test_tensorboard_serves_scalars_written_to_the_shared_volume(stack: Stack, admin):
+    # A writer on the tb-logs volume, as a trainer is (TensorBoard itself mounts it read-only).
+    subprocess.run(
+        ["docker", "run", "--rm", "-v", f"{stack.project}_tb-logs:/var/lib/mlstack/tb-logs",
+         "--entrypoint", "python", f"mlstack/tensorboard:{os.environ.get('MLSTACK_VERSION', 'dev')}",
+         "-c", WRITE_EVENTS], check=True, capture_output=True, text=True)
+    s = stack.session(*admin)
+    run = "e2e-experiment/run-1-0123abcd"
+    stack.wait_for("TensorBoard to load the new run", lambda: run in s.get(
+        f"{stack.base_url}/tensorboard/data/runs").json(), timeout_s=120)
+    r = s.get(f"{stack.base_url}/tensorboard/data/plugin/scalars/scalars",
+              params={"run": run, "tag": "loss"})
+    assert r.status_code == 200
+    assert [(step, round(value, 4)) for _, step, value in r.json()] == [
+        (0, 0.9), (1, 0.5), (2, 0.25)]
+
+
+# --- configuration mistakes ---------------------------------------------------------------
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("MLFLOW_WORKERS", "many", "MLFLOW_WORKERS='many' is not a whole number"),
+    ("MLSTACK_ADMIN_PASSWORD", "short", "MLSTACK_ADMIN_PASSWORD is too short"),
+    ("MLFLOW_AUTH_DEFAULT_PERMISSION", "ALL", "MLFLOW_AUTH_DEFAULT_PERMISSION='ALL' is not one of"),
+    ("MLSTACK_HOSTNAMES", "bad_host!", "MLSTACK_HOSTNAMES: 'bad_host!' is not a host name"),
+])
+def test_bad_setting_stops_init_with_a_message_naming_it(stack: Stack, admin, setting, value,
+                                                          message):
+    proc = stack.compose("run", "--rm", "--no-deps", "-e", f"{setting}={value}", "init-secrets",
+                         check=False)
+    assert proc.returncode == 2
+    assert message in proc.stdout + proc.stderr
+    # Nothing stored was touched: the admin's password is the same and still works.
+    assert stack.admin() == admin
+
+
+# --- restarts -------------------------------------------------------------------------------
+
+def test_secrets_and_data_survive_a_full_restart(stack: Stack, admin, alice):
+    ca_before = stack.ca_file.read_text()
+    stack.compose("down")  # containers gone, volumes kept
+    stack.compose("up", "-d", "--wait", "--wait-timeout", "600")
+    assert stack.admin() == admin
+    assert stack.script("ca-cert").stdout == ca_before
+    s = stack.session(*alice)
+    r = s.get(f"{stack.base_url}/api/2.0/mlflow/experiments/get-by-name",
+              params={"experiment_name": "alice-digits"})
+    assert r.status_code == 200
+    versions = s.get(f"{stack.base_url}/api/2.0/mlflow/registered-models/get",
+                     params={"name": "alice-doubler"})
+    assert versions.status_code == 200
