@@ -1,0 +1,44 @@
+import pytest
+
+from mlstack_platform import settings
+from mlstack_platform.config import PlatformConfig
+from mlstack_platform.settings import SettingError
+
+
+def test_defaults_apply_when_nothing_is_set(monkeypatch):
+    for name in ("MLFLOW_WORKERS", "MLSTACK_HOSTNAMES", "MLFLOW_AUTH_DEFAULT_PERMISSION"):
+        monkeypatch.delenv(name, raising=False)
+    config = PlatformConfig.from_env()
+    assert config.workers == 4
+    assert config.hostnames == ["localhost", "127.0.0.1"]
+    assert config.default_permission == "NO_PERMISSIONS"
+
+
+def test_an_empty_value_counts_as_unset(monkeypatch):
+    monkeypatch.setenv("MLFLOW_WORKERS", "  ")
+    assert settings.integer("MLFLOW_WORKERS", 4) == 4
+
+
+@pytest.mark.parametrize("name, value, needle", [
+    ("MLFLOW_WORKERS", "four", "MLFLOW_WORKERS='four' is not a whole number"),
+    ("MLFLOW_WORKERS", "0", "MLFLOW_WORKERS=0 is out of range"),
+    ("MLFLOW_TIMEOUT_SECONDS", "5", "MLFLOW_TIMEOUT_SECONDS=5 is out of range"),
+    ("MLFLOW_AUTH_DEFAULT_PERMISSION", "read", "is not one of: READ, EDIT, MANAGE, NO_PERMISSIONS"),
+    ("MLSTACK_HOSTNAMES", "ok.example bad..name", "'bad..name' is not a host name"),
+    ("MLSTACK_ARTIFACT_BUCKET", "My_Bucket", "'My_Bucket' is not a valid S3 bucket name"),
+])
+def test_malformed_settings_name_themselves(monkeypatch, name, value, needle):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        PlatformConfig.from_env()
+
+
+def test_hostnames_accept_spaces_and_commas(monkeypatch):
+    monkeypatch.setenv("MLSTACK_HOSTNAMES", "mlflow.example.com, 192.168.1.20 localhost")
+    assert settings.hostnames("MLSTACK_HOSTNAMES", "") == [
+        "mlflow.example.com", "192.168.1.20", "localhost"]
+
+
+def test_a_missing_secret_says_which_service_must_run_first(secrets_dir):
+    with pytest.raises(SettingError, match="init-secrets"):
+        settings.secret("admin_password")
