@@ -256,6 +256,35 @@ def test_tensorboard_serves_scalars_written_to_the_shared_volume(stack: Stack, a
         (0, 0.9), (1, 0.5), (2, 0.25)]
 
 
+def test_a_browser_logs_in_once_and_sees_mlflow_and_tensorboard(stack: Stack, alice):
+    """A real browser (Chromium, via Playwright) answering the login prompt as a person does.
+    Runs after the tests above, which created alice's experiment and the TensorBoard run."""
+    image = "mlstack-test/browser:dev"
+    subprocess.run(["docker", "build", "-q", "--build-arg",
+                    f"PYTHON_IMAGE={os.environ.get('PYTHON_IMAGE', 'python:3.11.10-slim-bookworm')}",
+                    "-t", image, str(HERE / "browser")], check=True, capture_output=True)
+    shots = stack.workdir / "screenshots"
+    shots.mkdir(exist_ok=True)
+    shots.chmod(0o777)
+    proc = subprocess.run(
+        ["docker", "run", "--rm", "--network", "host", "-v", f"{shots}:/out",
+         "-v", f"{HERE / 'browser'}:/checks:ro", image, stack.base_url, *alice,
+         "alice-digits", "e2e-experiment/run-1-0123abcd", "/out"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["mlflow_lists_experiment"] is True, report
+    assert report["tensorboard_lists_run"] is True, report
+    assert report["wrong_password_status"] == 401
+    # Nothing the pages needed was refused or broke. (MLflow's UI probes its optional AI
+    # assistant, unconfigured here and for admins only: 404 or 403, MLflow's own and harmless.)
+    refused = [e for e in report["errors"]
+               if e.startswith(("401", "403", "5")) and "/mlflow/assistant/" not in e]
+    assert refused == [], refused
+    assert (shots / "mlflow.png").stat().st_size > 10_000
+    assert (shots / "tensorboard.png").stat().st_size > 10_000
+
+
 # --- configuration mistakes ---------------------------------------------------------------
 
 @pytest.mark.parametrize("setting, value, message", [

@@ -1,0 +1,49 @@
+"""Opens the MLflow UI and TensorBoard through nginx in a real browser, logging in at the
+browser's Basic-auth prompt as a person would, and reports what the pages showed.
+
+    check_ui.py BASE_URL USER PASSWORD EXPERIMENT TENSORBOARD_RUN OUT_DIR
+"""
+
+import json
+import sys
+
+from playwright.sync_api import sync_playwright
+
+base, user, password, experiment, tb_run, out = sys.argv[1:]
+report: dict = {"errors": []}
+
+with sync_playwright() as p:
+    browser = p.chromium.launch(
+        executable_path="/usr/bin/chromium",
+        args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync", "--disable-quic"])
+    # The certificate is checked by the client tests with the CA file; here the page matters.
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900},
+                                  http_credentials={"username": user, "password": password})
+    page = context.new_page()
+    page.on("response", lambda r: report["errors"].append(f"{r.status} {r.url}")
+            if r.status >= 400 else None)
+
+    page.goto(f"{base}/#/experiments")
+    try:
+        page.get_by_text(experiment).first.wait_for(timeout=60_000)
+        report["mlflow_lists_experiment"] = True
+    except Exception as exc:  # noqa: BLE001 - reported, the test asserts on it
+        report["mlflow_lists_experiment"] = f"{exc}"
+    page.screenshot(path=f"{out}/mlflow.png")
+
+    page.goto(f"{base}/tensorboard/#timeseries")
+    try:
+        page.get_by_text(tb_run).first.wait_for(timeout=60_000)
+        report["tensorboard_lists_run"] = True
+    except Exception as exc:  # noqa: BLE001
+        report["tensorboard_lists_run"] = f"{exc}"
+    page.screenshot(path=f"{out}/tensorboard.png")
+
+    # The same browser with a wrong password gets no page.
+    wrong = browser.new_context(ignore_https_errors=True,
+                                http_credentials={"username": user, "password": "wrong-password"})
+    report["wrong_password_status"] = wrong.new_page().goto(f"{base}/").status
+    browser.close()
+
+print(json.dumps(report))
