@@ -3,30 +3,21 @@ the stock MLflow client, plain HTTPS. One stack is brought up for the whole modu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
+from .client_workflow import sha256
 from .stack import Stack
 
 HERE = Path(__file__).parent
 LONG_RUNNING = {"postgres", "minio", "mlflow", "tensorboard", "nginx"}
 ONE_SHOT = {"init-secrets", "init"}
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def run_client(stack: Stack, user: str, password: str, *args: str) -> dict:
