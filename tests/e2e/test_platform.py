@@ -146,6 +146,18 @@ def test_foreign_host_header_is_refused(stack: Stack, admin, host):
     assert out.startswith("403") and "Invalid Host header" in out
 
 
+def test_cross_origin_writes_and_framing_are_refused(stack: Stack, admin):
+    s = stack.session(*admin)
+    evil = s.post(f"{stack.base_url}/api/2.0/mlflow/experiments/create",
+                  json={"name": "from-evil"}, headers={"Origin": "https://evil.example"})
+    assert evil.status_code == 403 and "Cross-origin request blocked" in evil.text
+    ours = s.post(f"{stack.base_url}/api/2.0/mlflow/experiments/create",
+                  json={"name": "from-our-origin"},
+                  headers={"Origin": f"https://localhost:{stack.https_port}"})
+    assert ours.status_code == 200, ours.text
+    assert s.get(f"{stack.base_url}/").headers.get("X-Frame-Options") == "SAMEORIGIN"
+
+
 # --- a team member's work ----------------------------------------------------------------
 
 def test_team_member_tracks_registers_and_loads_a_model(stack: Stack, alice, tmp_path):

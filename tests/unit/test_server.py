@@ -11,6 +11,7 @@ def config(secrets_dir, monkeypatch, tmp_path):
     secrets_store.ensure(secrets_dir)
     monkeypatch.setenv("MLSTACK_HOSTNAMES", "ml.example localhost")
     monkeypatch.setenv("MLFLOW_WORKERS", "3")
+    monkeypatch.setenv("MLSTACK_HTTPS_PORT", "8443")
     monkeypatch.setattr(server, "AUTH_INI", tmp_path / "basic_auth.ini")
     return PlatformConfig.from_env()
 
@@ -53,3 +54,14 @@ def test_auth_ini_uses_its_own_database_and_caches_credentials(config):
     assert ini["mlflow"]["admin_username"] == "admin"
     # The admin's password is not needed by the server: init created the user.
     assert "admin_password" not in ini["mlflow"]
+
+
+def test_cors_allows_the_platforms_own_origins_only(config):
+    from mlflow.server.security_utils import should_block_cors_request
+    _, env = server.command_and_env(config)
+    origins = env["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"].split(",")
+    assert origins == ["https://ml.example:8443", "https://localhost:8443"]
+    assert not should_block_cors_request("https://ml.example:8443", "POST", origins)
+    assert should_block_cors_request("https://ml.example:9999", "POST", origins)
+    assert should_block_cors_request("https://evil.example", "POST", origins)
+    assert should_block_cors_request("https://ml.example.evil.example", "POST", origins)

@@ -14,6 +14,7 @@ PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
 @dataclass(frozen=True)
 class PlatformConfig:
     hostnames: list[str]
+    https_port: int
     postgres_host: str
     postgres_port: int
     mlflow_db: str
@@ -36,6 +37,7 @@ class PlatformConfig:
     def from_env(cls) -> PlatformConfig:
         return cls(
             hostnames=settings.hostnames("MLSTACK_HOSTNAMES", "localhost 127.0.0.1"),
+            https_port=settings.integer("MLSTACK_HTTPS_PORT", 443, maximum=65535),
             postgres_host=settings.text("POSTGRES_HOST", "postgres"),
             postgres_port=settings.integer("POSTGRES_PORT", 5432, maximum=65535),
             mlflow_db="mlflow",
@@ -73,3 +75,7 @@ class PlatformConfig:
         # as `10.*`, which match names like `10.evil.example` (fixed only in 3.18).
         # "mlflow" is the service name other containers (the trainer) use inside the network.
         return [p for host in [*self.hostnames, "mlflow"] for p in (host, f"{host}:*")]
+
+    def origins(self) -> list[str]:
+        port = "" if self.https_port == 443 else f":{self.https_port}"
+        return [f"https://{host}{port}" for host in self.hostnames]

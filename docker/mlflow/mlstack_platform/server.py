@@ -62,7 +62,8 @@ def command_and_env(config: PlatformConfig) -> tuple[list[str], dict[str, str]]:
         # The flags --allowed-hosts/--cors-allowed-origins are refused with --gunicorn-opts,
         # but these variables are enforced all the same (tests/e2e prove it).
         "MLFLOW_SERVER_ALLOWED_HOSTS": ",".join(config.allowed_hosts()),
-        "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS": ",".join(f"https://{h}" for h in config.hostnames),
+        # The UI's own pages, as the browser names them (with the port when it is not 443).
+        "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS": ",".join(config.origins()),
         # Background GenAI job runners (~2 GB RSS) that this platform does not use.
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         # Two pools per worker (tracking and registry): workers x 2 x (size + overflow)
