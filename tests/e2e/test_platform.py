@@ -306,6 +306,30 @@ def test_bad_setting_stops_init_with_a_message_naming_it(stack: Stack, admin, se
     assert stack.admin() == admin
 
 
+def test_a_certificate_set_in_env_wins_and_is_served(stack: Stack, admin, monkeypatch):
+    """TLS_CERT_FILE / TLS_KEY_FILE in .env: the operator's certificate replaces the generated
+    one on the next `up`, nginx serves it, and removing them brings the generated one back."""
+    import ssl
+
+    from tests.unit.test_tls import self_signed  # the same helper the unit tests use
+
+    cert, key = self_signed(stack.workdir, name="localhost")
+    monkeypatch.setenv("TLS_CERT_FILE", str(cert))
+    monkeypatch.setenv("TLS_KEY_FILE", str(key))
+    stack.compose("up", "-d", "--wait", "--wait-timeout", "600")
+    served = ssl.get_server_certificate(("127.0.0.1", stack.https_port))
+    assert ssl.PEM_cert_to_DER_cert(served) == ssl.PEM_cert_to_DER_cert(cert.read_text())
+    s = stack.session(*admin)
+    s.verify = str(cert)
+    assert s.get(f"{stack.base_url}/api/2.0/mlflow/users/current").status_code == 200
+
+    monkeypatch.delenv("TLS_CERT_FILE")
+    monkeypatch.delenv("TLS_KEY_FILE")
+    stack.compose("up", "-d", "--wait", "--wait-timeout", "600")
+    ok = stack.session(*admin).get(f"{stack.base_url}/api/2.0/mlflow/users/current")
+    assert ok.status_code == 200  # trusted through the generated CA again
+
+
 # --- restarts -------------------------------------------------------------------------------
 
 def test_secrets_and_data_survive_a_full_restart(stack: Stack, admin, alice):
