@@ -67,3 +67,8 @@ def test_all_mistakes_are_reported_together():
     with pytest.raises(SpecError) as info:
         parse("entrypoint: example:nope\nresources: {gpus: -1}\ncolour: red")
     assert len(info.value.problems) == 4  # colour, entrypoint, experiment, gpus
+
+
+def test_the_spec_accepts_exactly_the_examples_the_runtime_has():
+    from mlstack_trainer import examples, spec
+    assert set(spec.EXAMPLES) == set(examples.EXAMPLES)

@@ -1,5 +1,6 @@
-"""mlstack's trainer: job specs, the PostgreSQL job queue, workers and the jobs API.
+"""mlstack's trainer: job specs, the PostgreSQL job queue, the worker and the job runtime.
 
-Work in progress (issue 3): the spec and the queue exist and are tested; the worker, the job
-runtime, the jobs API, the CLI and their compose services do not yet.
+Work in progress (issue 3): spec, queue, worker and runtime exist and are tested with real
+PostgreSQL, MLflow and Keras; the jobs API, the CLI, the trainer image and its compose
+services do not yet.
 """

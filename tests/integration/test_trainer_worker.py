@@ -1,0 +1,228 @@
+"""The trainer worker and job runtime with real parts: PostgreSQL (the queue), a real MLflow
+server and client, TensorFlow/Keras training the built-in digits example."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from mlstack_platform import databases
+from mlstack_trainer.queue import JobQueue
+from mlstack_trainer.spec import parse
+from mlstack_trainer.worker import Worker, WorkerConfig
+
+PROJECT_CODE = textwrap.dedent('''
+    import os, time
+    def boom(params, tb_dir):
+        raise ValueError("the user's code raised")
+    def sleep(params, tb_dir):
+        open(os.environ["PID_FILE"], "w").write(str(os.getpid()))
+        time.sleep(float(params.get("seconds", 120)))
+''')
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory):
+    """A real MLflow server with the artifact proxy, as the trainer talks to in the stack."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+         f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts"),
+         "--serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise
+            time.sleep(0.5)
+    yield uri
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.fixture
+def setup(postgres, tracking_uri, tmp_path, monkeypatch, request):
+    db = f"trainer_w_{request.node.name.lower()[:40]}"
+    databases.ensure_database(postgres, db, "postgres")
+    queue = JobQueue(lambda: postgres.connect(db))
+    queue.migrate()
+    projects = tmp_path / "projects"
+    projects.mkdir()
+    (projects / "userjobs.py").write_text(PROJECT_CODE)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    monkeypatch.setenv("MLSTACK_PROJECTS_DIR", str(projects))
+    monkeypatch.setenv("PID_FILE", str(tmp_path / "job.pid"))
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    mlflow.set_tracking_uri(tracking_uri)
+    config = WorkerConfig(name="worker-a", tb_root=tmp_path / "tb-logs",
+                          logs_dir=tmp_path / "job-logs", public_url="https://ml.example",
+                          lease_s=30, heartbeat_s=0.5, kill_grace_s=2,
+                          heartbeat_file=tmp_path / "heartbeat")
+    worker = Worker(queue, MlflowClient(tracking_uri), config)
+    return queue, worker, config, tmp_path
+
+
+def test_digits_example_is_trained_and_fully_tracked(setup):
+    queue, worker, config, tmp = setup
+    spec = parse("name: digits\nexperiment: trainer-it\nentrypoint: example:digits-cnn\n"
+                 "params: {epochs: 2}\nregister_model: digits-it\n")
+    job = queue.submit(spec, "alice")
+    assert worker.run_once() is True
+    done = queue.get(job.id)
+    assert done.state == "succeeded", (tmp / "job-logs" / f"{job.id}.log").read_text()[-3000:]
+
+    client = MlflowClient()
+    run = client.get_run(done.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["epochs"] == "2" and run.data.params["learning_rate"] == "0.001"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [0, 1]
+    assert run.data.metrics["test_accuracy"] > 0.5
+    tags = run.data.tags
+    assert tags["mlstack.job_id"] == str(job.id) and tags["mlstack.submitter"] == "alice"
+    assert tags["mlstack.worker"] == "worker-a" and tags["mlstack.hardware"].startswith("CPU")
+    tb_run = f"digits-{run.info.run_id}"
+    assert tags["mlstack.tensorboard_url"].endswith(f"runFilter={tb_run}")
+    inputs = {(d.dataset.name, d.tags[0].value) for d in run.inputs.dataset_inputs}
+    assert inputs == {("sklearn-digits", "training"), ("sklearn-digits", "test")}
+
+    # The model: Keras-native, with signature and input example, registered, loads, predicts.
+    model = mlflow.keras.load_model("models:/digits-it/1")
+    example = mlflow.models.Model.load("models:/digits-it/1")
+    assert example.signature is not None and example.saved_input_example_info is not None
+    import numpy as np
+    assert model.predict(np.zeros((3, 8, 8, 1), "float32"), verbose=0).shape == (3, 10)
+
+    # TensorBoard event files in <experiment>/<run name>-<run id>/, and the captured log.
+    events = list((config.tb_root / "trainer-it" / tb_run).rglob("events.out.tfevents.*"))
+    assert events, list(config.tb_root.rglob("*"))
+    logs = [a.path for a in client.list_artifacts(run.info.run_id, "logs")]
+    assert logs == [f"logs/{job.id}.log"]
+
+
+def test_an_exception_fails_the_job_and_the_run_with_its_traceback(setup):
+    queue, worker, _, tmp = setup
+    job = queue.submit(parse("experiment: trainer-it\nentrypoint: module:userjobs:boom"), "bob")
+    worker.run_once()
+    done = queue.get(job.id)
+    assert done.state == "failed" and "exited with code 1" in done.error
+    client = MlflowClient()
+    assert client.get_run(done.mlflow_run_id).info.status == "FAILED"
+    path = client.download_artifacts(done.mlflow_run_id, "error/traceback.txt", str(tmp))
+    assert "ValueError: the user's code raised" in Path(path).read_text()
+
+
+def test_cancel_kills_a_running_job(setup):
+    queue, worker, _, _ = setup
+    job = queue.submit(parse("experiment: trainer-it\nentrypoint: module:userjobs:sleep"), "bob")
+    claimed = queue.claim("worker-a", 30)
+    outcome: list[str] = []
+    thread = threading.Thread(target=lambda: outcome.append(worker.execute(claimed)))
+    started = time.monotonic()
+    thread.start()
+    time.sleep(3)
+    queue.cancel(job.id)
+    thread.join(timeout=60)
+    assert outcome == ["cancelled"] and time.monotonic() - started < 30
+    done = queue.get(job.id)
+    assert done.state == "cancelled"
+    assert MlflowClient().get_run(done.mlflow_run_id).info.status == "KILLED"
+
+
+def test_a_job_past_its_timeout_is_killed_and_failed(setup):
+    queue, worker, _, _ = setup
+    job = queue.submit(parse("experiment: trainer-it\nentrypoint: module:userjobs:sleep\n"
+                             "resources: {timeout_seconds: 2}"), "bob")
+    worker.run_once()
+    done = queue.get(job.id)
+    assert done.state == "failed" and "timed out after 2 s" in done.error
+    assert MlflowClient().get_run(done.mlflow_run_id).info.status == "FAILED"
+
+
+WORKER_SCRIPT = """
+import sys
+from pathlib import Path
+from mlflow import MlflowClient
+from mlstack_trainer.queue import JobQueue
+from mlstack_trainer.worker import Worker, WorkerConfig
+import psycopg2
+dsn, uri, tmp = sys.argv[1:]
+queue = JobQueue(lambda: psycopg2.connect(dsn))
+Worker(queue, MlflowClient(uri), WorkerConfig(
+    name="doomed", tb_root=Path(tmp, "tb"), logs_dir=Path(tmp, "logs"), public_url="x",
+    lease_s=2, heartbeat_s=0.5, heartbeat_file=Path(tmp, "doomed.heartbeat"))).run_once()
+"""
+
+
+def test_a_worker_killed_mid_job_takes_its_job_along_and_the_job_is_failed(setup, postgres,
+                                                                            tracking_uri):
+    queue, worker, _, tmp = setup
+    job = queue.submit(parse("experiment: trainer-it\nentrypoint: module:userjobs:sleep"), "bob")
+    db = f"trainer_w_{'test_a_worker_killed_mid_job_takes_its_job_along_and_the_job_is_failed'[:40]}"  # noqa: E501 - as the setup fixture names it
+    dsn = (f"host={postgres.host} port={postgres.port} user=postgres "
+           f"password={postgres.superuser_password} dbname={db}")
+    doomed = subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, dsn, tracking_uri, str(tmp)])
+    pid_file = tmp / "job.pid"
+    deadline = time.monotonic() + 60
+    while not pid_file.exists():
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.2)
+    job_pid = int(pid_file.read_text())
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait()
+    # PR_SET_PDEATHSIG: no orphan left training (gone, or a zombie awaiting its reaper).
+    deadline = time.monotonic() + 10
+    while process_alive(job_pid):
+        assert time.monotonic() < deadline, f"job process {job_pid} outlived its worker"
+        time.sleep(0.2)
+
+    time.sleep(2.5)  # the dead worker's 2 s lease runs out
+    worker.run_once()  # any live worker reaps it (retries: 0 -> failed)
+    done = queue.get(job.id)
+    assert done.state == "failed" and "doomed stopped heartbeating" in done.error
+    run = MlflowClient().get_run(done.mlflow_run_id)
+    assert run.info.status == "FAILED"
+    assert "stopped heartbeating" in run.data.tags["mlstack.failure"]
+
+
+def test_healthcheck_proves_the_worker_polls(setup):
+    from mlstack_trainer.worker import check
+    _, worker, config, _ = setup
+    assert check(config.heartbeat_file, 30) == 1  # never polled yet
+    worker.run_once()
+    assert check(config.heartbeat_file, 30) == 0
+    assert check(config.heartbeat_file, -1) == 1  # stale

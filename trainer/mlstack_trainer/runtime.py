@@ -1,0 +1,144 @@
+"""One job, in its own process: `python -m mlstack_trainer.runtime`.
+
+The worker starts it with the job's spec (MLSTACK_JOB_SPEC), the MLflow run it created
+(MLFLOW_RUN_ID, with MLFLOW_TRACKING_URI and the service credentials) and the job's
+TensorBoard run directory (MLSTACK_TB_LOGDIR). Training uses MLflow's own Keras integration
+(mlflow.keras.MlflowCallback) and Keras' own TensorBoard callback. A crash here can never take
+the worker down; on an exception the run is marked FAILED with the traceback as an artifact.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import tempfile
+import traceback
+import types
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from .spec import JobSpec, validate
+
+
+def _save_keras_model(path: str, **kwargs: Any):
+    # mlflow.keras.save_model (MLflow 3.17.2) writes input_example.json before it creates the
+    # model directory, so log_model(..., input_example=...) fails with FileNotFoundError.
+    # Creating the directory first is all it needs; everything else is MLflow's own code.
+    os.makedirs(path, exist_ok=True)
+    return mlflow.keras.save_model(path=path, **kwargs)
+
+
+# Stands in for the mlflow.keras module as the flavor that Model.log saves with.
+KERAS_FLAVOR = types.SimpleNamespace(__name__="mlflow.keras", save_model=_save_keras_model)
+
+
+def log_keras_model(model, example_input, registered_model_name: str | None):
+    import mlflow.keras
+    from mlflow.models import Model, infer_signature
+
+    signature = infer_signature(example_input, model.predict(example_input, verbose=0))
+    return Model.log(artifact_path=None, name="model", flavor=KERAS_FLAVOR, model=model,
+                     signature=signature,
+                     input_example=example_input, registered_model_name=registered_model_name)
+
+
+def describe_devices() -> str:
+    import tensorflow as tf
+
+    devices = tf.config.list_physical_devices()
+    names = [f"{d.device_type}:{d.name.rsplit(':', 1)[-1]}" for d in devices]
+    details = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        info = tf.config.experimental.get_device_details(gpu)
+        details.append(info.get("device_name", gpu.name))
+    return ", ".join(names + details)
+
+
+def train_example(spec: JobSpec, tb_dir: str) -> None:
+    import keras
+    import mlflow.keras
+    from sklearn.model_selection import train_test_split
+
+    from .examples import DEFAULTS, EXAMPLES, Dataset
+
+    params = {**DEFAULTS, **spec.params}
+    keras.utils.set_random_seed(int(params["seed"]))
+    if spec.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    mlflow.log_params(params)
+
+    example = EXAMPLES[spec.entrypoint.target]
+    data = example.load()
+    x_train, x_test, y_train, y_test = train_test_split(
+        data.x, data.y, test_size=0.2, random_state=int(params["seed"]))
+    train = Dataset(data.name, data.source, x_train, y_train)
+    mlflow.log_input(mlflow.data.from_numpy(x_train, targets=y_train, name=data.name,
+                                            source=data.source), context="training")
+    mlflow.log_input(mlflow.data.from_numpy(x_test, targets=y_test, name=data.name,
+                                            source=data.source), context="test")
+
+    model = example.build(train, params)
+    callbacks = [
+        # Per-epoch metrics with the epoch as step; per-N-batch too when the spec asks.
+        mlflow.keras.MlflowCallback(
+            log_every_epoch=True,
+            log_every_n_steps=int(params["log_every_n_batches"])
+            if "log_every_n_batches" in params else None),
+        keras.callbacks.TensorBoard(log_dir=tb_dir, update_freq="epoch"),
+    ]
+    model.fit(x_train, y_train, epochs=int(params["epochs"]),
+              batch_size=int(params["batch_size"]),
+              validation_split=float(params["validation_split"]), callbacks=callbacks, verbose=2)
+    results = model.evaluate(x_test, y_test, return_dict=True, verbose=0)
+    mlflow.log_metrics({f"test_{name}": float(value) for name, value in results.items()})
+    log_keras_model(model, x_test[:5], spec.register_model)
+
+
+def run_module(spec: JobSpec, tb_dir: str) -> None:
+    """module:PACKAGE.MODULE:FUNCTION from the projects directory, called as
+    FUNCTION(params, tensorboard_dir) inside the job's active MLflow run."""
+    projects = os.environ.get("MLSTACK_PROJECTS_DIR", "/var/lib/mlstack/projects")
+    sys.path.insert(0, projects)
+    module_name, function_name = spec.entrypoint.target.split(":")
+    function = getattr(importlib.import_module(module_name), function_name)
+    mlflow.log_params(spec.params)
+    function(dict(spec.params), tb_dir)
+
+
+def run(spec: JobSpec, tb_dir: str) -> None:
+    mlflow.set_tag("mlstack.hardware", describe_devices() if spec.entrypoint.kind == "example"
+                   else "see job log")
+    print(f"[mlstack] job {os.environ.get('MLSTACK_JOB_ID', '?')}: {spec.entrypoint}", flush=True)
+    if spec.entrypoint.kind == "example":
+        train_example(spec, tb_dir)
+    elif spec.entrypoint.kind == "module":
+        run_module(spec, tb_dir)
+    else:
+        raise NotImplementedError("MLflow Project entrypoints are not supported yet")
+
+
+def main() -> int:
+    spec = validate(json.loads(os.environ["MLSTACK_JOB_SPEC"]))
+    tb_dir = os.environ["MLSTACK_TB_LOGDIR"]
+    with mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"]) as active:
+        try:
+            run(spec, tb_dir)
+        except BaseException:  # noqa: BLE001 - anything, KeyboardInterrupt included, fails the run
+            text = traceback.format_exc()
+            print(text, file=sys.stderr, flush=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp, "traceback.txt")
+                path.write_text(text)
+                mlflow.log_artifact(str(path), artifact_path="error")
+            mlflow.end_run(status="FAILED")
+            print(f"[mlstack] run {active.info.run_id} FAILED", file=sys.stderr, flush=True)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
