@@ -23,6 +23,8 @@ STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL = ("succeeded", "failed", "cancelled")
 
 SCHEMA = """
+-- Several workers and the API migrate at start: one at a time.
+SELECT pg_advisory_xact_lock(424242);
 CREATE TABLE IF NOT EXISTS jobs (
     id               bigserial PRIMARY KEY,
     name             text NOT NULL,

@@ -96,6 +96,9 @@ def train_example(spec: JobSpec, tb_dir: str) -> None:
     results = model.evaluate(x_test, y_test, return_dict=True, verbose=0)
     mlflow.log_metrics({f"test_{name}": float(value) for name, value in results.items()})
     log_keras_model(model, x_test[:5], spec.register_model)
+    if spec.register_model and os.environ.get("MLSTACK_SUBMITTER"):
+        from . import permissions
+        permissions.grant(os.environ["MLSTACK_SUBMITTER"], "registered_model", spec.register_model)
 
 
 def run_module(spec: JobSpec, tb_dir: str) -> None:

@@ -23,10 +23,12 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 
+from . import permissions
 from .queue import Job, JobQueue
 from .spec import SpecError, validate
 
 PR_SET_PDEATHSIG = 1
+DEFAULT_HEARTBEAT_FILE = Path("/tmp/mlstack-worker.heartbeat")
 
 
 def _die_with_parent() -> None:
@@ -45,7 +47,7 @@ class WorkerConfig:
     heartbeat_s: float = 5
     poll_s: float = 2
     kill_grace_s: float = 10
-    heartbeat_file: Path = Path("/tmp/mlstack-worker.heartbeat")
+    heartbeat_file: Path = DEFAULT_HEARTBEAT_FILE
 
 
 class Worker:
@@ -85,8 +87,17 @@ class Worker:
             self.queue.finish(job.id, self.config.name, "failed", str(exc))
             return "failed"
         experiment = self.client.get_experiment_by_name(spec.experiment)
-        experiment_id = (experiment.experiment_id if experiment
-                         else self.client.create_experiment(spec.experiment))
+        if experiment is None:
+            experiment_id = self.client.create_experiment(spec.experiment)
+            permissions.grant(job.submitter, "experiment", experiment_id)
+        else:
+            experiment_id = experiment.experiment_id
+            level = permissions.permission(job.submitter, "experiment", experiment_id)
+            if level is not None and level not in permissions.CAN_EDIT:
+                error = (f"{job.submitter} may not write to experiment {spec.experiment!r} "
+                         f"(permission {level}); ask its owner, or use another experiment")
+                self.queue.finish(job.id, self.config.name, "failed", error)
+                return "failed"
         run = self.client.create_run(experiment_id, run_name=spec.name, tags={
             "mlstack.job_id": str(job.id), "mlstack.submitter": job.submitter,
             "mlstack.worker": self.config.name, "mlstack.image": self.config.image,
@@ -106,6 +117,7 @@ class Worker:
         log_path = self.config.logs_dir / f"{job.id}.log"
         env = {**os.environ, **spec.env, "MLFLOW_RUN_ID": run_id,
                "MLSTACK_JOB_ID": str(job.id), "MLSTACK_JOB_SPEC": json.dumps(job.spec),
+               "MLSTACK_SUBMITTER": job.submitter,
                "MLSTACK_TB_LOGDIR": str(tb_dir), "PYTHONUNBUFFERED": "1"}
         with open(log_path, "ab") as log:
             process = subprocess.Popen([sys.executable, "-m", "mlstack_trainer.runtime"],

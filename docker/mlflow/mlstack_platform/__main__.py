@@ -29,6 +29,10 @@ def log(message: str) -> None:
 def run_secrets(config: PlatformConfig) -> None:
     for name, what in secrets_store.ensure().items():
         log(f"secret {name}: {what}")
+    # The trainer runs users' code: it gets its own two secrets in its own volume, never the
+    # rest (admin password, S3 and PostgreSQL superuser credentials).
+    secrets_store.copy(("trainer_db_password", "trainer_mlflow_password"),
+                       settings.SECRETS_DIR, settings.TRAINER_SECRETS_DIR)
     source = tls.ensure(settings.TLS_DIR, settings.SECRETS_DIR / "ca", config.hostnames,
                         config.user_tls_cert, config.user_tls_key)
     log(f"TLS certificate for {', '.join(config.hostnames)}: {source}")
@@ -41,6 +45,12 @@ def run_init(config: PlatformConfig) -> None:
     log(f"database role {config.db_role}: {role}")
     for db in (config.mlflow_db, config.auth_db):
         log(f"database {db}: {databases.ensure_database(server, db, config.db_role)}")
+    # The trainer's job queue: its own role, so the trainer cannot touch MLflow's tables.
+    trainer = databases.ensure_role(server, config.trainer_db,
+                                    settings.secret("trainer_db_password"))
+    log(f"database role {config.trainer_db}: {trainer}")
+    log(f"database {config.trainer_db}: "
+        f"{databases.ensure_database(server, config.trainer_db, config.trainer_db)}")
 
     s3 = bucket.client(config.s3_endpoint, settings.secret("minio_root_user"),
                        settings.secret("minio_root_password"))
@@ -60,6 +70,10 @@ def run_init(config: PlatformConfig) -> None:
     enforce = bool(os.environ.get("MLSTACK_ADMIN_PASSWORD", "").strip())  # set in .env
     state = users.ensure_admin(store, admin, settings.secret("admin_password"), enforce)
     log(f"admin user {admin}: {state}")
+    # An admin, because it creates runs in the experiments of whoever submits a job.
+    service = users.ensure_admin(store, users.TRAINER_ACCOUNT,
+                                 settings.secret("trainer_mlflow_password"), enforce=True)
+    log(f"service user {users.TRAINER_ACCOUNT}: {service}")
     log("init complete")
 
 

@@ -20,6 +20,7 @@ class PlatformConfig:
     mlflow_db: str
     auth_db: str
     db_role: str
+    trainer_db: str
     s3_endpoint: str
     bucket: str
     workers: int
@@ -43,6 +44,7 @@ class PlatformConfig:
             mlflow_db="mlflow",
             auth_db="mlflow_auth",
             db_role="mlflow",
+            trainer_db="trainer",
             s3_endpoint=settings.text("MLSTACK_S3_ENDPOINT", "http://minio:9000"),
             bucket=settings.bucket("MLSTACK_ARTIFACT_BUCKET", "mlflow-artifacts"),
             workers=settings.integer("MLFLOW_WORKERS", 4, maximum=64),

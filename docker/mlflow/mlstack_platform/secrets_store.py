@@ -28,6 +28,9 @@ SECRETS = (
     # PostgreSQL's superuser: used by init alone, so it is never an operator setting.
     Secret("postgres_password", None),
     Secret("mlflow_db_password", None),
+    Secret("trainer_db_password", None),
+    # The trainer's MLflow service account: creates runs for the jobs it runs.
+    Secret("trainer_mlflow_password", None),
     Secret("minio_root_user", "MINIO_ROOT_USER", min_length=3, default="mlstack"),
     Secret("minio_root_password", "MINIO_ROOT_PASSWORD", min_length=8),
     Secret("flask_secret_key", "MLFLOW_FLASK_SERVER_SECRET_KEY", min_length=16),
@@ -80,3 +83,13 @@ def ensure(directory: Path = settings.SECRETS_DIR) -> dict[str, str]:
         if value is not None:
             write_private(path, value)
     return {path.name: what for path, _, what in plan}
+
+
+def copy(names: tuple[str, ...], source: Path, target: Path) -> None:
+    """Copy some secrets into another volume (for a service that must not see the rest)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        value = (source / name).read_text().strip()
+        path = target / name
+        if not path.exists() or path.read_text().strip() != value:
+            write_private(path, value)

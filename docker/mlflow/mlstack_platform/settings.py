@@ -10,6 +10,8 @@ from pathlib import Path
 
 SECRETS_DIR = Path(os.environ.get("MLSTACK_SECRETS_DIR", "/var/lib/mlstack/secrets"))
 TLS_DIR = Path(os.environ.get("MLSTACK_TLS_DIR", "/var/lib/mlstack/tls"))
+TRAINER_SECRETS_DIR = Path(os.environ.get("MLSTACK_TRAINER_SECRETS_DIR",
+                                          "/var/lib/mlstack/trainer-secrets"))
 
 
 class SettingError(ValueError):

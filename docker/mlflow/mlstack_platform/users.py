@@ -14,6 +14,7 @@ from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore  # noqa: E402
 from .secrets_store import generate
 
 MIN_PASSWORD = 12  # MLflow's own minimum for the admin; applied to everyone here
+TRAINER_ACCOUNT = "mlstack-trainer"  # the trainer workers' MLflow service account
 
 
 def open_store(auth_db_uri: str) -> SqlAlchemyStore:
@@ -62,6 +63,8 @@ def set_password(store: SqlAlchemyStore, username: str, password: str | None) ->
 def delete(store: SqlAlchemyStore, username: str, admin_username: str) -> None:
     if username == admin_username:
         raise ValueError(f"{username!r} is the platform admin (MLSTACK_ADMIN_USERNAME): not deleted")
+    if username == TRAINER_ACCOUNT:
+        raise ValueError(f"{username!r} is the trainer's service account: not deleted")
     if not store.has_user(username):
         raise ValueError(f"no user {username!r}")
     store.delete_user(username)

@@ -1,0 +1,168 @@
+"""The trainer end to end, through nginx: a team member submits the digits example with the
+`mlstack` CLI and with curl, follows it, and finds the run in MLflow and TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .stack import Stack
+
+DIGITS = """\
+name: digits-e2e
+experiment: carol-digits
+entrypoint: example:digits-cnn
+params: {epochs: 2, batch_size: 64}
+register_model: carol-digits-cnn
+"""
+
+
+@pytest.fixture(scope="module")
+def carol(stack: Stack) -> tuple[str, str]:
+    password = "carol-has-a-long-password"
+    stack.script("users", "create", "carol", "--password-stdin", input=password + "\n",
+                 check=False)  # may exist from an earlier module
+    return "carol", password
+
+
+def mlstack(stack: Stack, user: tuple[str, str], *args: str) -> subprocess.CompletedProcess:
+    cli = shutil.which("mlstack", path=str(Path(sys.executable).parent))
+    assert cli, "the mlstack CLI is installed with `pip install ./trainer` (tests/requirements.txt)"
+    return subprocess.run([cli, *args], env=stack.client_env(*user), capture_output=True,
+                          text=True, timeout=600)
+
+
+def wait_for_job(stack: Stack, user, job_id: int, timeout_s: float = 600) -> dict:
+    s = stack.session(*user)
+    return stack.wait_for(f"job {job_id} to end", lambda: (
+        lambda job: job if job["state"] in ("succeeded", "failed", "cancelled") else None)(
+            s.get(f"{stack.base_url}/trainer/api/jobs/{job_id}").json()),
+        timeout_s=timeout_s, every_s=3)
+
+
+def test_trainer_services_are_healthy(stack: Stack):
+    services = stack.services()
+    for name in ("trainer", "trainer-api"):
+        assert services[name]["Health"] == "healthy", services[name]
+
+
+def test_jobs_api_needs_a_login(stack: Stack):
+    assert stack.session().get(f"{stack.base_url}/trainer/api/jobs").status_code == 401
+    r = stack.session("carol", "wrong-password").get(f"{stack.base_url}/trainer/api/jobs")
+    assert r.status_code == 401
+
+
+def test_a_bad_spec_is_refused_with_every_problem(stack: Stack, carol, tmp_path):
+    s = stack.session(*carol)
+    r = s.post(f"{stack.base_url}/trainer/api/jobs",
+               data="experiment: x\nentrypoint: example:mnist\nresources: {gpus: two}\n")
+    assert r.status_code == 400
+    problems = r.json()["problems"]
+    assert any("unknown example 'mnist'" in p for p in problems)
+    assert any("resources.gpus" in p for p in problems)
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("experiment: x\n")
+    out = mlstack(stack, carol, "submit", str(spec))
+    assert out.returncode != 0 and "entrypoint: missing" in out.stderr
+
+
+def test_digits_job_by_cli_and_by_curl_is_tracked_in_mlflow_and_tensorboard(stack: Stack, carol,
+                                                                             tmp_path):
+    spec = tmp_path / "digits.yaml"
+    spec.write_text(DIGITS)
+    submitted = mlstack(stack, carol, "submit", str(spec))
+    assert submitted.returncode == 0, submitted.stderr
+    cli_job = int(submitted.stdout.strip())
+
+    curl = subprocess.run(
+        ["curl", "-sS", "--fail-with-body", "--cacert", str(stack.ca_file), "-u", ":".join(carol),
+         "--data-binary", f"@{spec}", "-H", "Content-Type: application/yaml",
+         f"{stack.base_url}/trainer/api/jobs"], capture_output=True, text=True, timeout=60)
+    assert curl.returncode == 0, curl.stdout + curl.stderr
+    curl_job = json.loads(curl.stdout)["id"]
+
+    for job_id in (cli_job, curl_job):
+        job = wait_for_job(stack, carol, job_id)
+        assert job["state"] == "succeeded", job
+        assert job["submitter"] == "carol" and job["worker"]
+
+    job = wait_for_job(stack, carol, cli_job)
+    run_id = job["mlflow_run_id"]
+    assert job["links"]["mlflow"].endswith(run_id)
+    assert job["links"]["tensorboard"].endswith(f"runFilter=digits-e2e-{run_id}")
+
+    # The job's output, through the CLI.
+    logs = mlstack(stack, carol, "logs", str(cli_job), "-f")
+    assert logs.returncode == 0 and "Epoch 2/2" in logs.stdout
+
+    # The MLflow run, as carol sees it with the stock client.
+    check = subprocess.run([sys.executable, "-c", f"""
+import json, mlflow, numpy as np
+from mlflow import MlflowClient
+c = MlflowClient()
+run = c.get_run("{run_id}")
+info = mlflow.models.get_model_info("models:/carol-digits-cnn/1")
+loaded = mlflow.pyfunc.load_model("models:/carol-digits-cnn/1")
+pred = loaded.predict(np.zeros((2, 8, 8, 1), "float32"))
+print(json.dumps({{
+    "status": run.info.status,
+    "steps": [m.step for m in c.get_metric_history("{run_id}", "loss")],
+    "params": run.data.params, "tags": run.data.tags,
+    "inputs": sorted(d.dataset.name for d in run.inputs.dataset_inputs),
+    "artifacts": [a.path for a in c.list_artifacts("{run_id}", "logs")],
+    "signature": info.signature is not None,
+    "example": info.saved_input_example_info is not None,
+    "pred_shape": list(np.asarray(pred).shape)}}))
+"""], env=stack.client_env(*carol), capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stderr[-3000:]
+    seen = json.loads(check.stdout.strip().splitlines()[-1])
+    assert seen["status"] == "FINISHED"
+    assert seen["steps"] == [0, 1]
+    assert seen["params"]["epochs"] == "2"
+    assert seen["tags"]["mlstack.job_id"] == str(cli_job)
+    assert seen["tags"]["mlstack.submitter"] == "carol"
+    assert seen["tags"]["mlstack.hardware"].startswith("CPU")
+    assert seen["tags"]["mlstack.image"].startswith("mlstack/trainer")
+    assert seen["inputs"] == ["sklearn-digits", "sklearn-digits"]
+    assert seen["artifacts"] == [f"logs/{cli_job}.log"]
+    assert seen["signature"] and seen["example"] and seen["pred_shape"] == [2, 10]
+
+    # TensorBoard has the same run's curves at <experiment>/<run name>-<run id>.
+    s = stack.session(*carol)
+    tb_run = f"carol-digits/digits-e2e-{run_id}/train"
+    stack.wait_for("TensorBoard to load the job's run", lambda: tb_run in s.get(
+        f"{stack.base_url}/tensorboard/data/runs").json(), timeout_s=120)
+    tags = s.get(f"{stack.base_url}/tensorboard/data/plugin/scalars/tags").json()
+    assert "epoch_loss" in tags[tb_run]  # written by Keras' own TensorBoard callback
+
+
+def test_a_running_job_is_cancelled(stack: Stack, carol, tmp_path):
+    spec = tmp_path / "long.yaml"
+    spec.write_text("experiment: carol-digits\nentrypoint: example:digits-cnn\n"
+                    "params: {epochs: 500}\n")
+    job_id = int(mlstack(stack, carol, "submit", str(spec)).stdout.strip())
+    s = stack.session(*carol)
+    stack.wait_for("the job to start", lambda: s.get(
+        f"{stack.base_url}/trainer/api/jobs/{job_id}").json()["state"] == "running",
+        timeout_s=300)
+    assert mlstack(stack, carol, "cancel", str(job_id)).returncode == 0
+    job = wait_for_job(stack, carol, job_id, timeout_s=120)
+    assert job["state"] == "cancelled"
+
+
+def test_users_see_only_their_own_jobs(stack: Stack, carol):
+    dave_password = "dave-has-a-long-password"
+    stack.script("users", "create", "dave", "--password-stdin", input=dave_password + "\n",
+                 check=False)
+    theirs = stack.session(*carol).get(f"{stack.base_url}/trainer/api/jobs").json()["jobs"]
+    assert theirs
+    dave = stack.session("dave", dave_password)
+    assert dave.get(f"{stack.base_url}/trainer/api/jobs").json()["jobs"] == []
+    assert dave.get(f"{stack.base_url}/trainer/api/jobs/{theirs[0]['id']}").status_code == 404
+    assert dave.post(f"{stack.base_url}/trainer/api/jobs/{theirs[0]['id']}/cancel").status_code == 404
