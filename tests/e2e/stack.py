@@ -45,6 +45,8 @@ class Stack:
             MLSTACK_HTTP_PORT=str(self.http_port),
             # Fewer workers than the default: the CI machine has two cores.
             MLFLOW_WORKERS="2",
+            # A killed trainer's job is noticed after this long (default 60 s).
+            TRAINER_LEASE_SECONDS="15",
         )
         return env
 

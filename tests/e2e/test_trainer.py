@@ -156,6 +156,73 @@ def test_a_running_job_is_cancelled(stack: Stack, carol, tmp_path):
     assert job["state"] == "cancelled"
 
 
+def run_status(stack: Stack, user, run_id: str) -> dict:
+    r = stack.session(*user).get(f"{stack.base_url}/api/2.0/mlflow/runs/get",
+                                 params={"run_id": run_id})
+    assert r.status_code == 200, r.text
+    run = r.json()["run"]
+    return {"status": run["info"]["status"],
+            "tags": {t["key"]: t["value"] for t in run["data"].get("tags", [])}}
+
+
+def test_a_job_that_raises_ends_failed_with_its_traceback(stack: Stack, carol, tmp_path):
+    spec = tmp_path / "raises.yaml"
+    spec.write_text("experiment: carol-digits\nentrypoint: example:diabetes-mlp\n"
+                    "params: {epochs: lots}\n")  # valid spec; int('lots') raises in the job
+    job_id = int(mlstack(stack, carol, "submit", str(spec)).stdout.strip())
+    job = wait_for_job(stack, carol, job_id)
+    assert job["state"] == "failed" and "exited with code 1" in job["error"]
+    assert run_status(stack, carol, job["mlflow_run_id"])["status"] == "FAILED"
+    artifacts = stack.session(*carol).get(
+        f"{stack.base_url}/api/2.0/mlflow/artifacts/list",
+        params={"run_id": job["mlflow_run_id"], "path": "error"}).json()
+    assert [f["path"] for f in artifacts["files"]] == ["error/traceback.txt"]
+
+
+def test_a_job_whose_worker_is_killed_ends_failed(stack: Stack, carol, tmp_path):
+    spec = tmp_path / "long.yaml"
+    spec.write_text("name: killed\nexperiment: carol-digits\nentrypoint: example:digits-cnn\n"
+                    "params: {epochs: 500}\n")
+    job_id = int(mlstack(stack, carol, "submit", str(spec)).stdout.strip())
+    s = stack.session(*carol)
+    stack.wait_for("the job to start", lambda: s.get(
+        f"{stack.base_url}/trainer/api/jobs/{job_id}").json()["state"] == "running",
+        timeout_s=300)
+    stack.compose("kill", "-s", "SIGKILL", "trainer")
+    stack.compose("up", "-d", "--wait", "--wait-timeout", "600")
+    # The new worker reaps the dead one's job once its lease (15 s here) has run out.
+    job = wait_for_job(stack, carol, job_id, timeout_s=180)
+    assert job["state"] == "failed" and "stopped heartbeating" in job["error"]
+    run = run_status(stack, carol, job["mlflow_run_id"])
+    assert run["status"] == "FAILED" and "stopped heartbeating" in run["tags"]["mlstack.failure"]
+
+
+def test_several_workers_run_each_job_exactly_once(stack: Stack, carol, tmp_path):
+    stack.compose("up", "-d", "--wait", "--wait-timeout", "600", "--scale", "trainer=2")
+    try:
+        ids = []
+        for i in range(5):
+            spec = tmp_path / f"quick{i}.yaml"
+            spec.write_text(f"name: quick{i}\nexperiment: carol-scale\n"
+                            "entrypoint: example:breast-cancer-mlp\nparams: {epochs: 1}\n")
+            ids.append(int(mlstack(stack, carol, "submit", str(spec)).stdout.strip()))
+        jobs = [wait_for_job(stack, carol, job_id) for job_id in ids]
+        assert [j["state"] for j in jobs] == ["succeeded"] * 5
+        assert all(j["attempts"] == 1 for j in jobs)
+        assert len({j["mlflow_run_id"] for j in jobs}) == 5
+        # MLflow holds exactly one run per job.
+        s = stack.session(*carol)
+        exp = s.get(f"{stack.base_url}/api/2.0/mlflow/experiments/get-by-name",
+                    params={"experiment_name": "carol-scale"}).json()["experiment"]
+        runs = s.post(f"{stack.base_url}/api/2.0/mlflow/runs/search",
+                      json={"experiment_ids": [exp["experiment_id"]]}).json()["runs"]
+        job_tags = sorted(int(t["value"]) for r in runs for t in r["data"]["tags"]
+                          if t["key"] == "mlstack.job_id")
+        assert job_tags == sorted(ids)
+    finally:
+        stack.compose("up", "-d", "--wait", "--wait-timeout", "600", "--scale", "trainer=1")
+
+
 def test_users_see_only_their_own_jobs(stack: Stack, carol):
     dave_password = "dave-has-a-long-password"
     stack.script("users", "create", "dave", "--password-stdin", input=dave_password + "\n",
