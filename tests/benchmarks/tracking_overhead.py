@@ -1,0 +1,73 @@
+"""Benchmark: what the trainer's tracking costs per epoch.
+
+Trains the same Keras model the same way twice, alternating, several times: once with no
+callbacks, once as a job does (mlflow.keras.MlflowCallback logging every epoch to a real
+MLflow server, plus Keras' TensorBoard callback writing event files), and prints the median
+time per epoch of each and their ratio. The digits example's epochs are tiny (~1,400 images),
+so the same model is also timed on digits repeated 20 times, closer to a real epoch.
+
+    .venv/bin/python -m tests.benchmarks.tracking_overhead [EPOCHS] [REPEATS]
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mlstack_trainer.examples import DEFAULTS, EXAMPLES, Dataset  # noqa: E402
+from tests.mlflow_server import mlflow_server  # noqa: E402
+
+
+def per_epoch(data: Dataset, epochs: int, tracked: bool, tb_dir: Path) -> float:
+    keras.utils.set_random_seed(0)
+    model = EXAMPLES["digits-cnn"].build(data, DEFAULTS)
+    model.fit(data.x[:64], data.y[:64], epochs=1, verbose=0)  # warm up: graph tracing
+    callbacks = []
+    if tracked:
+        callbacks = [mlflow.keras.MlflowCallback(log_every_epoch=True),
+                     keras.callbacks.TensorBoard(log_dir=str(tb_dir), update_freq="epoch")]
+        mlflow.start_run()
+    started = time.perf_counter()
+    model.fit(data.x, data.y, epochs=epochs, batch_size=32, validation_split=0.2,
+              callbacks=callbacks, verbose=0)
+    elapsed = time.perf_counter() - started
+    if tracked:
+        mlflow.end_run()
+    return elapsed / epochs
+
+
+def main(epochs: int, repeats: int) -> None:
+    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}, TensorFlow/Keras {keras.__version__}")
+    digits = EXAMPLES["digits-cnn"].load()
+    big = Dataset(digits.name, digits.source, np.concatenate([digits.x] * 20),
+                  np.concatenate([digits.y] * 20))
+    with tempfile.TemporaryDirectory() as tmp, mlflow_server(Path(tmp)) as uri:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment("overhead")
+        for label, data in (("digits (1,437 train images)", digits),
+                            ("digits x20 (28,740)", big)):
+            plain, tracked = [], []
+            for i in range(repeats):
+                plain.append(per_epoch(data, epochs, False, Path(tmp)))
+                tracked.append(per_epoch(data, epochs, True, Path(tmp, f"tb{i}")))
+            p, t = statistics.median(plain), statistics.median(tracked)
+            print(f"{label:<30} no callbacks {p * 1000:8.1f} ms/epoch   tracked "
+                  f"{t * 1000:8.1f} ms/epoch   overhead {(t - p) * 1000:6.1f} ms/epoch "
+                  f"({(t / p - 1) * 100:+.1f} %)")
+
+
+if __name__ == "__main__":
+    args = [int(a) for a in sys.argv[1:]]
+    main(*(args + [10, 5][len(args):]))
