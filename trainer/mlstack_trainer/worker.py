@@ -22,6 +22,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 
 from . import permissions
 from .queue import Job, JobQueue
@@ -87,8 +88,23 @@ class Worker:
             self.queue.finish(job.id, self.config.name, "failed", str(exc))
             return "failed"
         experiment = self.client.get_experiment_by_name(spec.experiment)
+        created = None
         if experiment is None:
-            experiment_id = self.client.create_experiment(spec.experiment)
+            try:
+                created = self.client.create_experiment(
+                    spec.experiment, tags={"mlstack.created_for": job.submitter})
+            except MlflowException as exc:
+                # Another worker created it in the meantime: use theirs, as below.
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                experiment = self.client.get_experiment_by_name(spec.experiment)
+        if created is not None:
+            experiment_id = created
+            permissions.grant(job.submitter, "experiment", experiment_id)
+        elif experiment.tags.get("mlstack.created_for") == job.submitter:
+            # A worker made it for this user (maybe a moment ago, racing this one): the grant
+            # may not be in yet, so make sure of it rather than check it.
+            experiment_id = experiment.experiment_id
             permissions.grant(job.submitter, "experiment", experiment_id)
         else:
             experiment_id = experiment.experiment_id
