@@ -207,7 +207,10 @@ def test_several_workers_run_each_job_exactly_once(stack: Stack, carol, tmp_path
                             "entrypoint: example:breast-cancer-mlp\nparams: {epochs: 1}\n")
             ids.append(int(mlstack(stack, carol, "submit", str(spec)).stdout.strip()))
         jobs = [wait_for_job(stack, carol, job_id) for job_id in ids]
-        assert [j["state"] for j in jobs] == ["succeeded"] * 5, [j["error"] for j in jobs]
+        failed_logs = [stack.session(*carol).get(
+            f"{stack.base_url}/trainer/api/jobs/{j['id']}/logs").text[-3000:]
+            for j in jobs if j["state"] != "succeeded"]
+        assert [j["state"] for j in jobs] == ["succeeded"] * 5, failed_logs
         assert all(j["attempts"] == 1 for j in jobs)
         assert len({j["mlflow_run_id"] for j in jobs}) == 5
         # MLflow holds exactly one run per job.

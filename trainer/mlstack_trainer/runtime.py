@@ -46,6 +46,22 @@ def log_keras_model(model, example_input, registered_model_name: str | None):
                      input_example=example_input, registered_model_name=registered_model_name)
 
 
+def log_input(dataset, context: str, attempts: int = 5) -> None:
+    """mlflow.log_input, retried: when two jobs log the same dataset into one experiment at
+    the same moment, MLflow's server checks-then-inserts the dataset row and the loser gets
+    an error (seen with two workers); a moment later the row exists and the call succeeds."""
+    import time
+
+    for attempt in range(attempts):
+        try:
+            mlflow.log_input(dataset, context=context)
+            return
+        except mlflow.exceptions.MlflowException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+
+
 def describe_devices() -> str:
     import tensorflow as tf
 
@@ -76,10 +92,10 @@ def train_example(spec: JobSpec, tb_dir: str) -> None:
     x_train, x_test, y_train, y_test = train_test_split(
         data.x, data.y, test_size=0.2, random_state=int(params["seed"]))
     train = Dataset(data.name, data.source, x_train, y_train)
-    mlflow.log_input(mlflow.data.from_numpy(x_train, targets=y_train, name=data.name,
-                                            source=data.source), context="training")
-    mlflow.log_input(mlflow.data.from_numpy(x_test, targets=y_test, name=data.name,
-                                            source=data.source), context="test")
+    log_input(mlflow.data.from_numpy(x_train, targets=y_train, name=data.name,
+                                     source=data.source), "training")
+    log_input(mlflow.data.from_numpy(x_test, targets=y_test, name=data.name,
+                                     source=data.source), "test")
 
     model = example.build(train, params)
     callbacks = [
