@@ -38,12 +38,27 @@ def mlstack(stack: Stack, user: tuple[str, str], *args: str) -> subprocess.Compl
                           text=True, timeout=600)
 
 
+def job_state(stack: Stack, user, job_id: int) -> dict:
+    return stack.session(*user).get(f"{stack.base_url}/trainer/api/jobs/{job_id}").json()
+
+
 def wait_for_job(stack: Stack, user, job_id: int, timeout_s: float = 600) -> dict:
-    s = stack.session(*user)
-    return stack.wait_for(f"job {job_id} to end", lambda: (
-        lambda job: job if job["state"] in ("succeeded", "failed", "cancelled") else None)(
-            s.get(f"{stack.base_url}/trainer/api/jobs/{job_id}").json()),
-        timeout_s=timeout_s, every_s=3)
+    def ended():
+        job = job_state(stack, user, job_id)
+        return job if job["state"] in ("succeeded", "failed", "cancelled") else None
+
+    return stack.wait_for(f"job {job_id} to end", ended, timeout_s=timeout_s, every_s=3)
+
+
+def start_long_job(stack: Stack, user, tmp_path: Path, name: str) -> int:
+    """Submit a digits job long enough to act on while it runs; return once it runs."""
+    spec = tmp_path / f"{name}.yaml"
+    spec.write_text(f"name: {name}\nexperiment: carol-digits\nentrypoint: example:digits-cnn\n"
+                    "params: {epochs: 500}\n")
+    job_id = int(mlstack(stack, user, "submit", str(spec)).stdout.strip())
+    stack.wait_for("the job to start",
+                   lambda: job_state(stack, user, job_id)["state"] == "running", timeout_s=300)
+    return job_id
 
 
 def test_trainer_services_are_healthy(stack: Stack):
@@ -143,14 +158,7 @@ print(json.dumps({{
 
 
 def test_a_running_job_is_cancelled(stack: Stack, carol, tmp_path):
-    spec = tmp_path / "long.yaml"
-    spec.write_text("experiment: carol-digits\nentrypoint: example:digits-cnn\n"
-                    "params: {epochs: 500}\n")
-    job_id = int(mlstack(stack, carol, "submit", str(spec)).stdout.strip())
-    s = stack.session(*carol)
-    stack.wait_for("the job to start", lambda: s.get(
-        f"{stack.base_url}/trainer/api/jobs/{job_id}").json()["state"] == "running",
-        timeout_s=300)
+    job_id = start_long_job(stack, carol, tmp_path, "cancelled")
     assert mlstack(stack, carol, "cancel", str(job_id)).returncode == 0
     job = wait_for_job(stack, carol, job_id, timeout_s=120)
     assert job["state"] == "cancelled"
@@ -180,14 +188,7 @@ def test_a_job_that_raises_ends_failed_with_its_traceback(stack: Stack, carol, t
 
 
 def test_a_job_whose_worker_is_killed_ends_failed(stack: Stack, carol, tmp_path):
-    spec = tmp_path / "long.yaml"
-    spec.write_text("name: killed\nexperiment: carol-digits\nentrypoint: example:digits-cnn\n"
-                    "params: {epochs: 500}\n")
-    job_id = int(mlstack(stack, carol, "submit", str(spec)).stdout.strip())
-    s = stack.session(*carol)
-    stack.wait_for("the job to start", lambda: s.get(
-        f"{stack.base_url}/trainer/api/jobs/{job_id}").json()["state"] == "running",
-        timeout_s=300)
+    job_id = start_long_job(stack, carol, tmp_path, "killed")
     stack.compose("kill", "-s", "SIGKILL", "trainer")
     stack.compose("up", "-d", "--wait", "--wait-timeout", "600")
     # The new worker reaps the dead one's job once its lease (15 s here) has run out.

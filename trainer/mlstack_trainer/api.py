@@ -42,6 +42,8 @@ def create_app(settings: TrainerSettings | None = None, queue: JobQueue | None =
         r = requests.get(f"{settings.mlflow_uri}/api/2.0/mlflow/users/current",
                          headers={"Authorization": auth}, timeout=10)
         is_admin = r.ok and bool(r.json().get("user", {}).get("is_admin"))
+        if len(_ADMIN_CACHE) > 10_000:  # bounded: one entry per distinct credential
+            _ADMIN_CACHE.clear()
         _ADMIN_CACHE[key] = (time.monotonic() + 60, is_admin)
         return user, is_admin
 

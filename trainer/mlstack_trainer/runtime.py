@@ -129,8 +129,9 @@ def run_module(spec: JobSpec, tb_dir: str) -> None:
 
 
 def run(spec: JobSpec, tb_dir: str) -> None:
-    mlflow.set_tag("mlstack.hardware", describe_devices() if spec.entrypoint.kind == "example"
-                   else "see job log")
+    hardware = describe_devices()
+    mlflow.set_tag("mlstack.hardware", hardware)
+    print(f"[mlstack] devices: {hardware}", flush=True)
     print(f"[mlstack] job {os.environ.get('MLSTACK_JOB_ID', '?')}: {spec.entrypoint}", flush=True)
     if spec.entrypoint.kind == "example":
         train_example(spec, tb_dir)

@@ -87,33 +87,12 @@ class Worker:
         except SpecError as exc:  # specs are validated on submit; this is belt and braces
             self.queue.finish(job.id, self.config.name, "failed", str(exc))
             return "failed"
-        experiment = self.client.get_experiment_by_name(spec.experiment)
-        created = None
-        if experiment is None:
-            try:
-                created = self.client.create_experiment(
-                    spec.experiment, tags={"mlstack.created_for": job.submitter})
-            except MlflowException as exc:
-                # Another worker created it in the meantime: use theirs, as below.
-                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                    raise
-                experiment = self.client.get_experiment_by_name(spec.experiment)
-        if created is not None:
-            experiment_id = created
-            permissions.grant(job.submitter, "experiment", experiment_id)
-        elif experiment.tags.get("mlstack.created_for") == job.submitter:
-            # A worker made it for this user (maybe a moment ago, racing this one): the grant
-            # may not be in yet, so make sure of it rather than check it.
-            experiment_id = experiment.experiment_id
-            permissions.grant(job.submitter, "experiment", experiment_id)
-        else:
-            experiment_id = experiment.experiment_id
-            level = permissions.permission(job.submitter, "experiment", experiment_id)
-            if level is not None and level not in permissions.CAN_EDIT:
-                error = (f"{job.submitter} may not write to experiment {spec.experiment!r} "
-                         f"(permission {level}); ask its owner, or use another experiment")
-                self.queue.finish(job.id, self.config.name, "failed", error)
-                return "failed"
+        experiment_id = self._experiment_for(job.submitter, spec.experiment)
+        if experiment_id is None:
+            error = (f"{job.submitter} may not write to experiment {spec.experiment!r}; "
+                     "ask its owner, or use another experiment")
+            self.queue.finish(job.id, self.config.name, "failed", error)
+            return "failed"
         run = self.client.create_run(experiment_id, run_name=spec.name, tags={
             "mlstack.job_id": str(job.id), "mlstack.submitter": job.submitter,
             "mlstack.worker": self.config.name, "mlstack.image": self.config.image,
@@ -151,6 +130,31 @@ class Worker:
         if state != "lost":
             self.queue.finish(job.id, self.config.name, state, error)
         return state
+
+    def _experiment_for(self, submitter: str, name: str) -> str | None:
+        """The id of the experiment a job of `submitter` runs in, creating it for them if it
+        is new; None when it belongs to someone who has not let them write to it."""
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            try:
+                experiment_id = self.client.create_experiment(
+                    name, tags={"mlstack.created_for": submitter})
+                permissions.grant(submitter, "experiment", experiment_id)
+                return experiment_id
+            except MlflowException as exc:
+                # Another worker created it in the meantime: use theirs, as below.
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                experiment = self.client.get_experiment_by_name(name)
+        if experiment.tags.get("mlstack.created_for") == submitter:
+            # A worker made it for this user, maybe a moment ago in a race with this one:
+            # its grant may not be in yet, so make sure of it rather than check it.
+            permissions.grant(submitter, "experiment", experiment.experiment_id)
+            return experiment.experiment_id
+        level = permissions.permission(submitter, "experiment", experiment.experiment_id)
+        if level is not None and level not in permissions.CAN_EDIT:
+            return None
+        return experiment.experiment_id
 
     def _supervise(self, job: Job, timeout_s: int, process: subprocess.Popen) -> tuple[str, str | None]:
         deadline = time.monotonic() + timeout_s
