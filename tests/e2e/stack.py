@@ -47,6 +47,8 @@ class Stack:
             MLFLOW_WORKERS="2",
             # A killed trainer's job is noticed after this long (default 60 s).
             TRAINER_LEASE_SECONDS="15",
+            # The sample module: and project: jobs, as an operator's host directory.
+            TRAINER_PROJECTS=str(ROOT / "trainer" / "examples" / "projects"),
         )
         return env
 

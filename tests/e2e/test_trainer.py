@@ -157,6 +157,32 @@ print(json.dumps({{
     assert "epoch_loss" in tags[tb_run]  # written by Keras' own TensorBoard callback
 
 
+@pytest.mark.parametrize("entrypoint, params, metric, epochs", [
+    ("module:userjobs:train_breast_cancer", "{epochs: 2, units: 4}", "accuracy", 2),
+    ("project:iris-mlp", "{epochs: 3}", "accuracy", 3),
+])
+def test_user_code_from_the_projects_directory_runs_tracked(stack: Stack, carol, tmp_path,
+                                                             entrypoint, params, metric, epochs):
+    """trainer/examples/projects, mounted as TRAINER_PROJECTS (see stack.py)."""
+    spec = tmp_path / "user-code.yaml"
+    spec.write_text(f"experiment: carol-own-code\nentrypoint: {entrypoint}\nparams: {params}\n")
+    submitted = mlstack(stack, carol, "submit", str(spec))
+    assert submitted.returncode == 0, submitted.stderr
+    job = wait_for_job(stack, carol, int(submitted.stdout.strip()))
+    assert job["state"] == "succeeded", stack.session(*carol).get(
+        f"{stack.base_url}/trainer/api/jobs/{job['id']}/logs").text[-3000:]
+    run = run_status(stack, carol, job["mlflow_run_id"])
+    assert run["status"] == "FINISHED" and run["tags"]["mlstack.submitter"] == "carol"
+    history = stack.session(*carol).get(
+        f"{stack.base_url}/api/2.0/mlflow/metrics/get-history",
+        params={"run_id": job["mlflow_run_id"], "metric_key": metric}).json()["metrics"]
+    assert sorted(m["step"] for m in history) == list(range(epochs))
+    s = stack.session(*carol)
+    tb_run = f"carol-own-code/{job['name']}-{job['mlflow_run_id']}/train"
+    stack.wait_for("TensorBoard to load the job's run", lambda: tb_run in s.get(
+        f"{stack.base_url}/tensorboard/data/runs").json(), timeout_s=120)
+
+
 def test_a_running_job_is_cancelled(stack: Stack, carol, tmp_path):
     job_id = start_long_job(stack, carol, tmp_path, "cancelled")
     assert mlstack(stack, carol, "cancel", str(job_id)).returncode == 0

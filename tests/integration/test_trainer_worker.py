@@ -31,6 +31,36 @@ PROJECT_CODE = textwrap.dedent('''
         time.sleep(float(params.get("seconds", 120)))
 ''')
 
+# An MLflow Project: python_env is ignored (env_manager=local); `epochs` has a default.
+MLPROJECT = textwrap.dedent('''
+    name: tiny
+    python_env: python_env.yaml
+    entry_points:
+      main:
+        parameters:
+          scale: float
+          epochs: {type: int, default: 3}
+        command: "python train.py --scale {scale} --epochs {epochs}"
+''')
+PROJECT_TRAIN = textwrap.dedent('''
+    import argparse, os, mlflow
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--scale", type=float)
+    parser.add_argument("--epochs", type=int)
+    args = parser.parse_args()
+    with mlflow.start_run():  # resumes the job's run (MLFLOW_RUN_ID)
+        for step in range(args.epochs):
+            mlflow.log_metric("score", args.scale * step, step=step)
+    open(os.path.join(os.environ["MLSTACK_TB_LOGDIR"], "seen"), "w").write("yes")
+''')
+
+
+def write_project(projects: Path, name: str, mlproject: str) -> None:
+    (projects / name).mkdir()
+    (projects / name / "MLproject").write_text(mlproject)
+    (projects / name / "python_env.yaml").write_text("python: '3.11'\ndependencies: []\n")
+    (projects / name / "train.py").write_text(PROJECT_TRAIN)
+
 
 def process_alive(pid: int) -> bool:
     try:
@@ -55,6 +85,9 @@ def setup(postgres, tracking_uri, tmp_path, monkeypatch, request):
     projects = tmp_path / "projects"
     projects.mkdir()
     (projects / "userjobs.py").write_text(PROJECT_CODE)
+    write_project(projects, "tiny", MLPROJECT)
+    write_project(projects, "boxed", MLPROJECT.replace("python_env: python_env.yaml",
+                                                       "docker_env: {image: python:3.11}"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     monkeypatch.setenv("MLSTACK_PROJECTS_DIR", str(projects))
     monkeypatch.setenv("PID_FILE", str(tmp_path / "job.pid"))
@@ -105,6 +138,21 @@ def test_digits_example_is_trained_and_fully_tracked(setup):
     assert logs == [f"logs/{job.id}.log"]
 
 
+def test_mixed_precision_trains_with_the_float16_policy(setup):
+    queue, worker, _, tmp = setup
+    job = queue.submit(parse("experiment: trainer-it\nentrypoint: example:breast-cancer-mlp\n"
+                             "params: {epochs: 1}\nmixed_precision: true"), "alice")
+    worker.run_once()
+    done = queue.get(job.id)
+    assert done.state == "succeeded", (tmp / "job-logs" / f"{job.id}.log").read_text()[-3000:]
+    run = MlflowClient().get_run(done.mlflow_run_id)
+    assert run.data.tags["mlstack.precision"] == "mixed_float16"
+    model = mlflow.keras.load_model(f"runs:/{run.info.run_id}/model")
+    hidden = [layer for layer in model.layers if layer.name.startswith("dense")][0]
+    assert hidden.dtype_policy.name == "mixed_float16" and hidden.compute_dtype == "float16"
+    assert model.layers[-1].compute_dtype == "float32"  # the output stays float32
+
+
 def test_an_exception_fails_the_job_and_the_run_with_its_traceback(setup):
     queue, worker, _, tmp = setup
     job = queue.submit(parse("experiment: trainer-it\nentrypoint: module:userjobs:boom"), "bob")
@@ -115,6 +163,40 @@ def test_an_exception_fails_the_job_and_the_run_with_its_traceback(setup):
     assert client.get_run(done.mlflow_run_id).info.status == "FAILED"
     path = client.download_artifacts(done.mlflow_run_id, "error/traceback.txt", str(tmp))
     assert "ValueError: the user's code raised" in Path(path).read_text()
+
+
+def test_an_mlflow_project_runs_into_the_jobs_run(setup):
+    queue, worker, config, tmp = setup
+    job = queue.submit(parse("experiment: trainer-it\nentrypoint: project:tiny\n"
+                             "params: {scale: 2.5}"), "carol")
+    worker.run_once()
+    done = queue.get(job.id)
+    assert done.state == "succeeded", (tmp / "job-logs" / f"{job.id}.log").read_text()[-3000:]
+    client = MlflowClient()
+    run = client.get_run(done.mlflow_run_id)
+    assert run.info.status == "FINISHED" and run.data.params["scale"] == "2.5"
+    assert run.data.tags["mlstack.submitter"] == "carol"
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "score")] == \
+        [(0, 0.0), (1, 2.5), (2, 5.0)]
+    assert (config.tb_root / "trainer-it" / f"tiny-{run.info.run_id}" / "seen").exists()
+
+
+@pytest.mark.parametrize("entrypoint, message", [
+    ("project:boxed", "asks for docker_env"),
+    ("project:tiny:evaluate", "Could not find evaluate among entry points"),
+    ("project:missing", "is not a directory in the trainer's projects directory"),
+])
+def test_an_mlflow_project_that_cannot_run_here_fails_saying_why(setup, entrypoint, message):
+    queue, worker, _, tmp = setup
+    job = queue.submit(parse(f"experiment: trainer-it\nentrypoint: {entrypoint}\n"
+                             "params: {scale: 1}"), "carol")
+    worker.run_once()
+    done = queue.get(job.id)
+    assert done.state == "failed"
+    client = MlflowClient()
+    assert client.get_run(done.mlflow_run_id).info.status == "FAILED"
+    path = client.download_artifacts(done.mlflow_run_id, "error/traceback.txt", str(tmp))
+    assert message in Path(path).read_text()
 
 
 def test_cancel_kills_a_running_job(setup):

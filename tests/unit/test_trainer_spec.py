@@ -29,6 +29,8 @@ def test_json_works_and_defaults_fill_in():
     spec = parse('{"experiment": "e", "entrypoint": "module:mypkg.train:main"}')
     assert spec.name == "main" and spec.gpus == 0 and spec.timeout_s == 3600 and spec.retries == 0
     assert parse('{"experiment": "e", "entrypoint": "project:team/cnn"}').name == "cnn"
+    project = parse('{"experiment": "e", "entrypoint": "project:team/cnn:evaluate"}')
+    assert project.name == "cnn" and project.entrypoint.target == "team/cnn:evaluate"
 
 
 @pytest.mark.parametrize("text, message", [
@@ -40,6 +42,7 @@ def test_json_works_and_defaults_fill_in():
     ("experiment: e\nentrypoint: train.py", "must start with 'example:', 'module:' or 'project:'"),
     ("experiment: e\nentrypoint: module:train", "is not 'module:PACKAGE.MODULE:FUNCTION'"),
     ("experiment: e\nentrypoint: project:../etc", "no '..'"),
+    ("experiment: e\nentrypoint: project:cnn:run it", "'run it' is not an MLproject entry point"),
     ("experiment: e\nentrypoint: example:digits-cnn\nresources: {gpus: two}",
      "resources.gpus: expected a whole number, got text 'two'"),
     ("experiment: e\nentrypoint: example:digits-cnn\nresources: {gpu: 1}",

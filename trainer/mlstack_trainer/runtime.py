@@ -83,8 +83,6 @@ def train_example(spec: JobSpec, tb_dir: str) -> None:
 
     params = {**DEFAULTS, **spec.params}
     keras.utils.set_random_seed(int(params["seed"]))
-    if spec.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
     mlflow.log_params(params)
 
     example = EXAMPLES[spec.entrypoint.target]
@@ -117,15 +115,68 @@ def train_example(spec: JobSpec, tb_dir: str) -> None:
         permissions.grant(os.environ["MLSTACK_SUBMITTER"], "registered_model", spec.register_model)
 
 
+def projects_dir() -> Path:
+    return Path(os.environ.get("MLSTACK_PROJECTS_DIR", "/var/lib/mlstack/projects"))
+
+
 def run_module(spec: JobSpec, tb_dir: str) -> None:
     """module:PACKAGE.MODULE:FUNCTION from the projects directory, called as
     FUNCTION(params, tensorboard_dir) inside the job's active MLflow run."""
-    projects = os.environ.get("MLSTACK_PROJECTS_DIR", "/var/lib/mlstack/projects")
-    sys.path.insert(0, projects)
+    sys.path.insert(0, str(projects_dir()))
     module_name, function_name = spec.entrypoint.target.split(":")
     function = getattr(importlib.import_module(module_name), function_name)
     mlflow.log_params(spec.params)
     function(dict(spec.params), tb_dir)
+
+
+class ProjectError(RuntimeError):
+    """The MLflow Project cannot run here; the message says what to change."""
+
+
+def run_project(spec: JobSpec, run_id: str) -> None:
+    """project:DIR[:ENTRY_POINT]: an MLflow Project (a directory with an MLproject file) from the
+    projects directory, run by MLflow's own runner into the job's run. The trainer image is the
+    environment (env_manager=local): it has no conda, no network to build a virtualenv and no
+    Docker, so a project that asks for docker_env is refused rather than silently run elsewhere.
+    The entry point's command sees MLSTACK_TB_LOGDIR like any job."""
+    import mlflow.projects
+    from mlflow.projects import _project_spec
+
+    directory, _, entry_point = spec.entrypoint.target.partition(":")
+    root = projects_dir().resolve()
+    path = (root / directory).resolve()
+    if not path.is_relative_to(root) or not path.is_dir():
+        raise ProjectError(f"project {directory!r} is not a directory in the trainer's projects "
+                           f"directory ({root}); put it there (TRAINER_PROJECTS in .env)")
+    project = _project_spec.load_project(str(path))
+    if project.docker_env:
+        raise ProjectError(f"project {directory!r} asks for docker_env in its MLproject; the "
+                           "trainer runs projects in its own environment (env_manager=local) "
+                           "and cannot start containers: remove docker_env, or use python_env "
+                           "or conda_env (both are ignored; the trainer image's packages are "
+                           "used)")
+    mlflow.log_params(spec.params)
+    # "python" in the entry point's command must be this interpreter, with the trainer's packages.
+    os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])
+    # synchronous=True waits, and raises ExecutionException if the command fails.
+    # An unknown entry point is reported by MLflow, with the project's entry points listed.
+    mlflow.projects.run(str(path), entry_point=entry_point or "main",
+                        parameters={k: str(v) for k, v in spec.params.items()},
+                        env_manager="local", run_id=run_id, synchronous=True)
+
+
+def set_mixed_precision(spec: JobSpec) -> None:
+    """Keras' global dtype policy: float16 compute, float32 variables (the models keep their
+    outputs float32). It lives in this process, so an MLflow Project's command (a process of
+    its own) must set it itself; the tag says which happened."""
+    import keras
+
+    if spec.entrypoint.kind == "project":
+        mlflow.set_tag("mlstack.precision", "float32 (mixed_precision is not applied to project: "
+                                            "entrypoints; set the Keras policy in the project)")
+        return
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    mlflow.set_tag("mlstack.precision", "mixed_float16")
 
 
 def run(spec: JobSpec, tb_dir: str) -> None:
@@ -133,17 +184,20 @@ def run(spec: JobSpec, tb_dir: str) -> None:
     mlflow.set_tag("mlstack.hardware", hardware)
     print(f"[mlstack] devices: {hardware}", flush=True)
     print(f"[mlstack] job {os.environ.get('MLSTACK_JOB_ID', '?')}: {spec.entrypoint}", flush=True)
+    if spec.mixed_precision:
+        set_mixed_precision(spec)
     if spec.entrypoint.kind == "example":
         train_example(spec, tb_dir)
     elif spec.entrypoint.kind == "module":
         run_module(spec, tb_dir)
     else:
-        raise NotImplementedError("MLflow Project entrypoints are not supported yet")
+        run_project(spec, mlflow.active_run().info.run_id)
 
 
 def main() -> int:
     spec = validate(json.loads(os.environ["MLSTACK_JOB_SPEC"]))
     tb_dir = os.environ["MLSTACK_TB_LOGDIR"]
+    os.makedirs(tb_dir, exist_ok=True)  # user code may write there directly
     with mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"]) as active:
         try:
             run(spec, tb_dir)

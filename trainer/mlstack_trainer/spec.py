@@ -2,7 +2,8 @@
 
     name: digits-baseline            # optional; defaults to the entrypoint's name
     experiment: digits               # MLflow experiment (created if missing)
-    entrypoint: example:digits-cnn   # example:NAME | module:PACKAGE.MODULE:FUNCTION | project:DIR
+    entrypoint: example:digits-cnn   # example:NAME | module:PACKAGE.MODULE:FUNCTION
+                                     # | project:DIR or project:DIR:ENTRY_POINT (an MLproject)
     params: {epochs: 5, learning_rate: 0.001}
     env: {TF_CPP_MIN_LOG_LEVEL: "2"}
     resources: {gpus: 1, timeout_seconds: 3600}
@@ -29,6 +30,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MODULE_ENTRY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _PROJECT_DIR = re.compile(r"^(?!/)(?!.*(^|/)\.\.(/|$))[\w./-]+$")
+_PROJECT_ENTRY = re.compile(r"^[\w.-]+$")
 # Set by the worker for every job; a spec may not change where results go.
 _RESERVED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
                  "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLSTACK_TB_LOGDIR")
@@ -45,7 +47,8 @@ class SpecError(ValueError):
 @dataclass(frozen=True)
 class Entrypoint:
     kind: str    # "example" | "module" | "project"
-    target: str  # example name, "package.module:function", or a directory under the projects dir
+    target: str  # example name, "package.module:function", or "DIR[:ENTRY_POINT]" under the
+                 # projects dir
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.target}"
@@ -115,15 +118,26 @@ def _entrypoint(problems: list[str], value: Any) -> Entrypoint | None:
             problems.append(f"entrypoint: {value!r} is not 'module:PACKAGE.MODULE:FUNCTION'")
             return None
     elif kind == "project":
-        if not _PROJECT_DIR.match(target):
-            problems.append(f"entrypoint: {target!r} must be a relative directory inside the "
+        directory, _, entry = target.partition(":")
+        if not _PROJECT_DIR.match(directory):
+            problems.append(f"entrypoint: {directory!r} must be a relative directory inside the "
                             "projects directory (no '..', no leading '/')")
+            return None
+        if ":" in target and not _PROJECT_ENTRY.match(entry):
+            problems.append(f"entrypoint: {entry!r} is not an MLproject entry point name; write "
+                            "'project:DIR' for its 'main' or 'project:DIR:ENTRY_POINT'")
             return None
     else:
         problems.append(f"entrypoint: {value!r} must start with 'example:', 'module:' or "
                         "'project:'")
         return None
     return Entrypoint(kind, target)
+
+
+def _default_name(entrypoint: Entrypoint) -> str:
+    if entrypoint.kind == "project":  # DIR[:ENTRY]: the directory's last part
+        return entrypoint.target.split(":")[0].rstrip("/").split("/")[-1]
+    return entrypoint.target.split(":")[-1]
 
 
 def validate(data: Any) -> JobSpec:
@@ -142,7 +156,7 @@ def validate(data: Any) -> JobSpec:
     elif not isinstance(experiment, str) or not experiment.strip():
         problems.append(f"experiment: expected non-empty text, got {_type_name(experiment)}")
 
-    name = data.get("name", entrypoint.target.split(":")[-1].split("/")[-1] if entrypoint else "job")
+    name = data.get("name", _default_name(entrypoint) if entrypoint else "job")
     if not isinstance(name, str) or not _NAME.match(name):
         problems.append(f"name: {name!r} must be 1-100 letters, digits, '_', '.', '-'")
 
