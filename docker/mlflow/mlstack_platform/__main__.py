@@ -6,6 +6,10 @@
   health       exit 0 when the MLflow server answers /health (the container healthcheck)
   users ...    list / create / set-password / delete MLflow users
   credentials  print the admin user name and password
+  janitor      the janitor service: marks stale RUNNING runs FAILED, periodically
+  janitor-check  exit 0 when the janitor's last pass is recent (its healthcheck)
+  ops ...      for the operator scripts: bucket-export / bucket-import / bucket-usage,
+               admin-password-check, gc, reap-stale-runs
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import subprocess
 import sys
 import urllib.request
 
-from . import bucket, databases, secrets_store, settings, tls
+from . import bucket, databases, ops, secrets_store, settings, tls
 from .config import PlatformConfig
 from .settings import SettingError
 from .waiting import DependencyUnavailable
@@ -117,12 +121,40 @@ def run_users(config: PlatformConfig, args: argparse.Namespace) -> None:
         print(f"deleted user {args.username}")
 
 
+def run_ops(config: PlatformConfig, args: argparse.Namespace) -> int:
+    if args.action == "bucket-export":
+        ops.bucket_export(config)
+    elif args.action == "bucket-import":
+        ops.bucket_import(config, args.replace)
+    elif args.action == "bucket-usage":
+        ops.bucket_usage(config)
+    elif args.action == "admin-password-check":
+        generated = ops.admin_password_is_generated(config)
+        print("generated" if generated else "changed")
+    elif args.action == "gc":
+        ops.gc(config, args.older_than_days * 86400, args.dry_run)
+    elif args.action == "reap-stale-runs":
+        for run_id in ops.reap_stale_runs(config, args.after_minutes * 60):
+            print(run_id)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mlstack-platform", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     roles = p.add_subparsers(dest="role", required=True)
-    for role in ("secrets", "init", "serve", "health", "credentials"):
+    for role in ("secrets", "init", "serve", "health", "credentials", "janitor",
+                 "janitor-check"):
         roles.add_parser(role)
+    o = roles.add_parser("ops").add_subparsers(dest="action", required=True)
+    for action in ("bucket-export", "bucket-usage", "admin-password-check"):
+        o.add_parser(action)
+    o.add_parser("bucket-import").add_argument(
+        "--replace", action="store_true", help="remove every object first")
+    g = o.add_parser("gc")
+    g.add_argument("--older-than-days", type=float, required=True)
+    g.add_argument("--dry-run", action="store_true")
+    o.add_parser("reap-stale-runs").add_argument("--after-minutes", type=float, required=True)
     u = roles.add_parser("users").add_subparsers(dest="action", required=True)
     u.add_parser("list")
     for action in ("create", "set-password", "delete"):
@@ -155,6 +187,13 @@ def main(argv: list[str] | None = None) -> int:
             exec_server(config)
         elif args.role == "users":
             run_users(config, args)
+        elif args.role == "janitor":
+            ops.janitor_loop(config)
+        elif args.role == "janitor-check":
+            interval = settings.integer("MLSTACK_JANITOR_INTERVAL_SECONDS", 300, maximum=86400)
+            return 0 if ops.janitor_healthy(2 * interval + 60) else 1
+        elif args.role == "ops":
+            return run_ops(config, args)
         return 0
     except SettingError as exc:
         print(f"error: {exc}", file=sys.stderr)

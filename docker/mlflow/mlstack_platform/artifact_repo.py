@@ -12,10 +12,33 @@ used as `--artifacts-destination s3-proxied://BUCKET`.
 
 from __future__ import annotations
 
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import ABORTED
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
 from mlflow.store.artifact.s3_artifact_repo import S3ArtifactRepository
 
 SCHEME = "s3-proxied"
+
+# How MinIO says its disk is full: HTTP 507 with this error code (in boto3's message).
+_STORAGE_FULL = ("XMinioStorageFull", "StorageFull")
+
+
+class ArtifactStoreFull(MlflowException):
+    """Raised instead of S3's error so that the client gets an answer that says what happened.
+    ABORTED is HTTP 409: MLflow clients retry 429 and 5xx for minutes, which would only delay
+    the same answer, and the full disk is not the client's to fix."""
+
+    def __init__(self, path: str):
+        super().__init__(
+            f"the artifact store is full: MinIO has no free space left, so {path!r} was not "
+            "stored (artifacts stored earlier are unaffected). Ask the operator to free space "
+            "(scripts/gc removes deleted runs for good) or grow the disk, then log it again.",
+            error_code=ABORTED)
+
+
+def _refuse_if_full(exc: Exception, path: str) -> None:
+    if any(marker in str(exc) for marker in _STORAGE_FULL):
+        raise ArtifactStoreFull(path) from exc
 
 
 class ProxiedS3ArtifactRepository(ArtifactRepository):
@@ -29,10 +52,18 @@ class ProxiedS3ArtifactRepository(ArtifactRepository):
                                          registry_uri=registry_uri)
 
     def log_artifact(self, local_file, artifact_path=None):
-        return self._s3.log_artifact(local_file, artifact_path)
+        try:
+            return self._s3.log_artifact(local_file, artifact_path)
+        except Exception as exc:
+            _refuse_if_full(exc, artifact_path or local_file)
+            raise
 
     def log_artifacts(self, local_dir, artifact_path=None):
-        return self._s3.log_artifacts(local_dir, artifact_path)
+        try:
+            return self._s3.log_artifacts(local_dir, artifact_path)
+        except Exception as exc:
+            _refuse_if_full(exc, artifact_path or local_dir)
+            raise
 
     def list_artifacts(self, path=None):
         return self._s3.list_artifacts(path)

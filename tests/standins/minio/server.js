@@ -4,6 +4,7 @@ const fs = require('fs');
 const http = require('http');
 const S3rver = require('s3rver');
 const Account = require('s3rver/lib/models/account');
+const S3Error = require('s3rver/lib/models/error');
 
 function setting(name) {
   const file = process.env[`${name}_FILE`];
@@ -32,6 +33,20 @@ Account.DUMMY_ACCOUNT.createKeyPair(user, password);
 fs.mkdirSync(args[1], { recursive: true });
 // Path-style addressing only, as MinIO without MINIO_DOMAIN: the Host `minio:9000` is not a bucket.
 const s3 = new S3rver({ directory: args[1], silent: true, vhostBuckets: false });
+// A full disk: MinIO answers 507 XMinioStorageFull, s3rver a bare 500 InternalError. Answer
+// as MinIO does (outermost middleware, so it sees the error before s3rver's handler).
+s3.middleware.unshift(async (ctx, next) => {
+  try {
+    await next();
+  } catch (err) {
+    if (err.code !== 'ENOSPC') throw err;
+    const full = new S3Error('XMinioStorageFull', 'Storage backend has reached its minimum ' +
+      'free drive threshold. Please delete a few objects to proceed.');
+    full.status = 507;
+    full.expose = true;
+    throw full;
+  }
+});
 const handle = s3.callback();
 const server = http.createServer((req, res) => {
   if (req.url.startsWith('/minio/health/')) {
