@@ -20,3 +20,36 @@ require_running() { # SERVICE
   [[ -n $(compose ps --status running -q "$1" 2>/dev/null) ]] \
     || die "the $1 service is not running: start the platform with 'docker compose up -d --wait'"
 }
+
+# setting NAME DEFAULT: NAME from the environment, else its last assignment in .env, else
+# DEFAULT. The scripts read only the few settings of their own this way.
+setting() {
+  local name=$1 default=$2 value=""
+  if [[ -n ${!name:-} ]]; then printf '%s\n' "${!name}"; return; fi
+  if [[ -f $MLSTACK_ROOT/.env ]]; then
+    value=$(sed -n "s/^[[:space:]]*$name[[:space:]]*=[[:space:]]*//p" "$MLSTACK_ROOT/.env" | tail -n 1)
+    value=${value%\"}; value=${value#\"}; value=${value%\'}; value=${value#\'}
+  fi
+  printf '%s\n' "${value:-$default}"
+}
+
+# confirm QUESTION: true when the operator agrees; --yes (ASSUME_YES=1) agrees in advance.
+confirm() {
+  [[ ${ASSUME_YES:-0} == 1 ]] && return 0
+  [[ -t 0 ]] || die "$1: no terminal to ask on; pass --yes to agree in advance"
+  local answer
+  read -r -p "$1 [y/N] " answer
+  [[ $answer == [yY] || $answer == [yY][eE][sS] ]]
+}
+
+# The compose project name (COMPOSE_PROJECT_NAME or the file's `name:`), which prefixes the
+# names of its volumes.
+project_name() { compose config 2>/dev/null | sed -n 's/^name: *//p' | head -n 1; }
+
+# The volumes that hold the platform's state (`docker compose down -v` would delete them).
+STATE_VOLUMES=(postgres-data minio-data secrets tls trainer-secrets tb-logs job-logs)
+
+# The databases a backup holds, each with the role that owns it (created by init).
+DATABASES=(mlflow:mlflow mlflow_auth:mlflow trainer:trainer)
+
+psql_exec() { compose exec -T postgres psql -U postgres -v ON_ERROR_STOP=1 -qAt "$@"; }
