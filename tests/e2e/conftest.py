@@ -30,11 +30,15 @@ def pytest_runtest_makereport(item, call):
 def stack():
     """The real platform, brought up from docker-compose.yml once for all e2e tests and always
     torn down with its volumes. On any failure every service's state and logs are printed."""
+    yield from running(Stack(project=f"mlstack-e2e-{os.getpid()}"))
+
+
+def running(s: Stack):
+    """Bring `s` up, yield it, print diagnostics if a test failed, always take it down."""
     if shutil.which("docker") is None or subprocess.run(
             ["docker", "compose", "version"], capture_output=True).returncode != 0:
         pytest.fail("the end-to-end tests need Docker with Compose v2 "
                     "(on a runner without registry access: see tests/standins/)")
-    s = Stack(project=f"mlstack-e2e-{os.getpid()}")
     try:
         try:
             s.up()

@@ -34,6 +34,10 @@ class Stack:
     https_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mlstack-e2e-")))
+    # Settings on top of the defaults below, as an operator's .env would set them.
+    settings: dict[str, str] = field(default_factory=dict)
+    # The directory holding the compose file: another checkout for the upgrade test.
+    root: Path = ROOT
 
     @property
     def env(self) -> dict[str, str]:
@@ -49,7 +53,9 @@ class Stack:
             TRAINER_LEASE_SECONDS="15",
             # The sample module: and project: jobs, as an operator's host directory.
             TRAINER_PROJECTS=str(ROOT / "trainer" / "examples" / "projects"),
+            MLSTACK_BACKUP_DIR=str(self.workdir / "backups"),
         )
+        env.update(self.settings)
         return env
 
     @property
@@ -66,15 +72,21 @@ class Stack:
         empty_env = self.workdir / "empty.env"
         empty_env.touch()
         return subprocess.run(
-            ["docker", "compose", "--env-file", str(empty_env), *args], cwd=ROOT, env=self.env,
+            ["docker", "compose", "--env-file", str(empty_env), *args], cwd=self.root, env=self.env,
             text=True, capture_output=True, check=check, input=input, timeout=timeout)
 
-    def script(self, name: str, *args: str, input: str | None = None,
-               check: bool = True) -> subprocess.CompletedProcess[str]:
+    def script(self, name: str, *args: str, input: str | None = None, check: bool = True,
+               timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """scripts/NAME of this stack's checkout, as the operator runs it (no terminal)."""
         env = {**self.env, "COMPOSE_ENV_FILES": str(self.workdir / "empty.env")}
-        return subprocess.run([str(ROOT / "scripts" / name), *args], cwd=ROOT, env=env,
-                              text=True, capture_output=True, check=check, input=input,
-                              timeout=300)
+        result = subprocess.run([str(self.root / "scripts" / name), *args], cwd=self.root,
+                                env=env, text=True, capture_output=True, input=input,
+                                timeout=timeout, stdin=None if input is not None
+                                else subprocess.DEVNULL)
+        if check and result.returncode != 0:
+            raise AssertionError(f"scripts/{name} {' '.join(args)} exited {result.returncode}:"
+                                 f"\n{result.stdout}\n{result.stderr}")
+        return result
 
     def up(self) -> None:
         self.compose("build", "--quiet", timeout=1800)

@@ -16,7 +16,8 @@ from .client_workflow import sha256
 from .stack import Stack
 
 HERE = Path(__file__).parent
-LONG_RUNNING = {"postgres", "minio", "mlflow", "tensorboard", "trainer", "trainer-api", "nginx"}
+LONG_RUNNING = {"postgres", "minio", "mlflow", "tensorboard", "trainer", "trainer-api", "janitor",
+                "nginx"}
 ONE_SHOT = {"init-secrets", "init"}
 
 
