@@ -1,8 +1,9 @@
 """Benchmark: what the trainer's tracking costs per epoch.
 
 Trains the same Keras model the same way twice, alternating, several times: once with no
-callbacks, once as a job does (mlflow.keras.MlflowCallback logging every epoch to a real
-MLflow server, plus Keras' TensorBoard callback writing event files), and prints the median
+callbacks, once as a job does (runtime.tracking_callbacks: mlflow.keras.MlflowCallback
+logging every epoch to a real MLflow server, plus Keras' TensorBoard callback writing event
+files), and prints the median
 time per epoch of each, and the median of the paired ratios (each tracked fit against the
 untracked fit just before it, which cancels slow drifts of a shared machine). The digits example's epochs are tiny (~1,400 images),
 so the same model is also timed on digits repeated 20 times, closer to a real epoch.
@@ -27,6 +28,7 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mlstack_trainer.examples import DEFAULTS, EXAMPLES, Dataset  # noqa: E402
+from mlstack_trainer.runtime import tracking_callbacks  # noqa: E402
 from tests.mlflow_server import mlflow_server  # noqa: E402
 
 
@@ -36,8 +38,7 @@ def per_epoch(data: Dataset, epochs: int, tracked: bool, tb_dir: Path) -> float:
     model.fit(data.x[:64], data.y[:64], epochs=1, verbose=0)  # warm up: graph tracing
     callbacks = []
     if tracked:
-        callbacks = [mlflow.keras.MlflowCallback(log_every_epoch=True),
-                     keras.callbacks.TensorBoard(log_dir=str(tb_dir), update_freq="epoch")]
+        callbacks = tracking_callbacks(str(tb_dir))  # exactly what a job uses
         mlflow.start_run()
     started = time.perf_counter()
     model.fit(data.x, data.y, epochs=epochs, batch_size=32, validation_split=0.2,
