@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import running
-from .stack import ROOT, Stack
+from .stack import Stack
 from .test_trainer import wait_for_job
 
 BIG = 100 * 1000 * 1000  # the 100 MB artifact

@@ -81,8 +81,8 @@ def tracking_callbacks(tb_dir: str, log_every_n_batches: int | None = None) -> l
     Why the flag: Keras 3 runs callbacks' batch-end hooks on a thread pool, off the training
     loop, unless a callback overrides them without declaring itself async-safe; both of these
     override them, so Keras would wait for every batch's results. Measured on digits x20 with
-    tests/benchmarks/tracking_overhead.py: +12 % per epoch without the flag, within noise
-    with it. Their batch hooks are safe off-thread: with update_freq="epoch" TensorBoard's
+    tests/benchmarks/tracking_overhead.py (README): +11.5 % per epoch without the flag,
+    +6.5 % with it. Their batch hooks are safe off-thread: with update_freq="epoch" TensorBoard's
     writes no batch summaries, and MlflowCallback's does nothing without log_every_n_steps.
     With it, MlflowCallback's hook reads the optimizer's step counter, which must not run
     ahead of it, so it stays on the training loop (and costs what it costs)."""
@@ -99,7 +99,6 @@ def tracking_callbacks(tb_dir: str, log_every_n_batches: int | None = None) -> l
 
 def train_example(spec: JobSpec, tb_dir: str) -> None:
     import keras
-    import mlflow.keras
     from sklearn.model_selection import train_test_split
 
     from .examples import DEFAULTS, EXAMPLES, Dataset
