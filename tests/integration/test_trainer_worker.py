@@ -101,6 +101,16 @@ def setup(postgres, tracking_uri, tmp_path, monkeypatch, request):
     return queue, worker, config, tmp_path
 
 
+def run_job(setup, spec_text: str, submitter: str, state: str = "succeeded"):
+    """Submit, let the worker run it, check it ended in `state`; the job's log on failure."""
+    queue, worker, _, tmp = setup
+    job = queue.submit(parse(spec_text), submitter)
+    worker.run_once()
+    done = queue.get(job.id)
+    assert done.state == state, (tmp / "job-logs" / f"{job.id}.log").read_text()[-3000:]
+    return done
+
+
 def test_digits_example_is_trained_and_fully_tracked(setup):
     queue, worker, config, tmp = setup
     spec = parse("name: digits\nexperiment: trainer-it\nentrypoint: example:digits-cnn\n"
@@ -139,12 +149,8 @@ def test_digits_example_is_trained_and_fully_tracked(setup):
 
 
 def test_mixed_precision_trains_with_the_float16_policy(setup):
-    queue, worker, _, tmp = setup
-    job = queue.submit(parse("experiment: trainer-it\nentrypoint: example:breast-cancer-mlp\n"
-                             "params: {epochs: 1}\nmixed_precision: true"), "alice")
-    worker.run_once()
-    done = queue.get(job.id)
-    assert done.state == "succeeded", (tmp / "job-logs" / f"{job.id}.log").read_text()[-3000:]
+    done = run_job(setup, "experiment: trainer-it\nentrypoint: example:breast-cancer-mlp\n"
+                          "params: {epochs: 1}\nmixed_precision: true", "alice")
     run = MlflowClient().get_run(done.mlflow_run_id)
     assert run.data.tags["mlstack.precision"] == "mixed_float16"
     model = mlflow.keras.load_model(f"runs:/{run.info.run_id}/model")
@@ -166,12 +172,9 @@ def test_an_exception_fails_the_job_and_the_run_with_its_traceback(setup):
 
 
 def test_an_mlflow_project_runs_into_the_jobs_run(setup):
-    queue, worker, config, tmp = setup
-    job = queue.submit(parse("experiment: trainer-it\nentrypoint: project:tiny\n"
-                             "params: {scale: 2.5}"), "carol")
-    worker.run_once()
-    done = queue.get(job.id)
-    assert done.state == "succeeded", (tmp / "job-logs" / f"{job.id}.log").read_text()[-3000:]
+    config = setup[2]
+    done = run_job(setup, "experiment: trainer-it\nentrypoint: project:tiny\n"
+                          "params: {scale: 2.5}", "carol")
     client = MlflowClient()
     run = client.get_run(done.mlflow_run_id)
     assert run.info.status == "FINISHED" and run.data.params["scale"] == "2.5"
@@ -187,12 +190,9 @@ def test_an_mlflow_project_runs_into_the_jobs_run(setup):
     ("project:missing", "is not a directory in the trainer's projects directory"),
 ])
 def test_an_mlflow_project_that_cannot_run_here_fails_saying_why(setup, entrypoint, message):
-    queue, worker, _, tmp = setup
-    job = queue.submit(parse(f"experiment: trainer-it\nentrypoint: {entrypoint}\n"
-                             "params: {scale: 1}"), "carol")
-    worker.run_once()
-    done = queue.get(job.id)
-    assert done.state == "failed"
+    tmp = setup[3]
+    done = run_job(setup, f"experiment: trainer-it\nentrypoint: {entrypoint}\n"
+                          "params: {scale: 1}", "carol", state="failed")
     client = MlflowClient()
     assert client.get_run(done.mlflow_run_id).info.status == "FAILED"
     path = client.download_artifacts(done.mlflow_run_id, "error/traceback.txt", str(tmp))
