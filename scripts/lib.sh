@@ -16,8 +16,10 @@ usage_from_header() { sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$1"; }
 
 want_help() { for arg in "$@"; do [[ $arg == -h || $arg == --help ]] && return 0; done; return 1; }
 
+running() { [[ -n $(compose ps --status running -q "$1" 2>/dev/null) ]]; } # SERVICE
+
 require_running() { # SERVICE
-  [[ -n $(compose ps --status running -q "$1" 2>/dev/null) ]] \
+  running "$1" \
     || die "the $1 service is not running: start the platform with 'docker compose up -d --wait'"
 }
 

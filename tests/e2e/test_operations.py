@@ -213,10 +213,10 @@ print(json.dumps({"run_id": run.info.run_id}))
 
 def bucket_keys(stack: Stack, marker: str) -> list[str]:
     out = stack.compose("exec", "-T", "mlflow", "python", "-c", (
-        "from mlstack_platform import ops\n"
+        "from mlstack_platform import bucket_archive\n"
         "from mlstack_platform.config import PlatformConfig\n"
         "c = PlatformConfig.from_env()\n"
-        "for o in ops.bucket_archive.objects(ops.s3_client(c), c.bucket): print(o['Key'])")).stdout
+        "for o in bucket_archive.objects(c.s3_client(), c.bucket): print(o['Key'])")).stdout
     return [key for key in out.split() if marker in key]
 
 

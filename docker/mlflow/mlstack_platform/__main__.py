@@ -9,7 +9,7 @@
   janitor      the janitor service: marks stale RUNNING runs FAILED, periodically
   janitor-check  exit 0 when the janitor's last pass is recent (its healthcheck)
   ops ...      for the operator scripts: bucket-export / bucket-import / bucket-usage,
-               admin-password-check, gc, reap-stale-runs
+               admin-password-check, gc
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import subprocess
 import sys
 import urllib.request
 
-from . import bucket, databases, ops, secrets_store, settings, tls
+from . import bucket, databases, janitor, ops, secrets_store, settings, tls
 from .config import PlatformConfig
 from .settings import SettingError
 from .waiting import DependencyUnavailable
@@ -56,8 +56,7 @@ def run_init(config: PlatformConfig) -> None:
     log(f"database {config.trainer_db}: "
         f"{databases.ensure_database(server, config.trainer_db, config.trainer_db)}")
 
-    s3 = bucket.client(config.s3_endpoint, settings.secret("minio_root_user"),
-                       settings.secret("minio_root_password"))
+    s3 = config.s3_client()
     log(f"bucket {config.bucket}: {bucket.ensure(s3, config.bucket, config.wait_s)}")
 
     # Migrations run here, once, before any server starts: never in several workers at once.
@@ -133,9 +132,6 @@ def run_ops(config: PlatformConfig, args: argparse.Namespace) -> int:
         print("generated" if generated else "changed")
     elif args.action == "gc":
         ops.gc(config, args.older_than_days * 86400, args.dry_run)
-    elif args.action == "reap-stale-runs":
-        for run_id in ops.reap_stale_runs(config, args.after_minutes * 60):
-            print(run_id)
     return 0
 
 
@@ -154,7 +150,6 @@ def parser() -> argparse.ArgumentParser:
     g = o.add_parser("gc")
     g.add_argument("--older-than-days", type=float, required=True)
     g.add_argument("--dry-run", action="store_true")
-    o.add_parser("reap-stale-runs").add_argument("--after-minutes", type=float, required=True)
     u = roles.add_parser("users").add_subparsers(dest="action", required=True)
     u.add_parser("list")
     for action in ("create", "set-password", "delete"):
@@ -188,10 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.role == "users":
             run_users(config, args)
         elif args.role == "janitor":
-            ops.janitor_loop(config)
+            janitor.run_service(config)
         elif args.role == "janitor-check":
-            interval = settings.integer("MLSTACK_JANITOR_INTERVAL_SECONDS", 300, maximum=86400)
-            return 0 if ops.janitor_healthy(2 * interval + 60) else 1
+            return 0 if janitor.healthy() else 1
         elif args.role == "ops":
             return run_ops(config, args)
         return 0

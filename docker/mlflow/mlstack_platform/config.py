@@ -67,6 +67,17 @@ class PlatformConfig:
         return Server(self.postgres_host, self.postgres_port, "postgres",
                       settings.secret("postgres_password"))
 
+    def mlflow_db_connection(self):
+        """psycopg2 connection to the tracking database, as MLflow's own role."""
+        return Server(self.postgres_host, self.postgres_port, self.db_role,
+                      settings.secret("mlflow_db_password")).connect(self.mlflow_db)
+
+    def s3_client(self):
+        from . import bucket  # boto3: only for the roles that talk to S3
+
+        return bucket.client(self.s3_endpoint, settings.secret("minio_root_user"),
+                             settings.secret("minio_root_password"))
+
     def db_uri(self, dbname: str) -> str:
         return sqlalchemy_uri(self.postgres_host, self.postgres_port, self.db_role,
                               settings.secret("mlflow_db_password"), dbname)

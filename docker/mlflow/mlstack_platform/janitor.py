@@ -9,8 +9,13 @@ left alone: the trainer's own leases end those (see trainer/mlstack_trainer/work
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
+from . import settings
+
+HEARTBEAT = Path(os.environ.get("MLSTACK_JANITOR_HEARTBEAT", "/tmp/mlstack/janitor.heartbeat"))
 STALE_TAG = "mlstack.failure"
 TRAINER_TAG = "mlstack.job_id"
 
@@ -51,3 +56,40 @@ def fail_stale_runs(tracking_store, connection, stale_after_s: float) -> list[st
                                        run.info.run_name)
         failed.append(run_id)
     return failed
+
+
+def _interval_s() -> int:
+    return settings.integer("MLSTACK_JANITOR_INTERVAL_SECONDS", 300, maximum=86400)
+
+
+def run_service(config) -> None:
+    """The janitor service: a pass every MLSTACK_JANITOR_INTERVAL_SECONDS, touching HEARTBEAT
+    after each good one (its healthcheck reads it)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    stale_after_s = 60 * settings.integer("MLSTACK_STALE_RUN_MINUTES", 1440, maximum=525600)
+    interval_s = _interval_s()
+    print(f"[janitor] failing runs idle for {stale_after_s / 60:g} min, every {interval_s} s",
+          flush=True)
+    HEARTBEAT.parent.mkdir(parents=True, exist_ok=True)
+    store = None
+    while True:
+        try:
+            # Built once (it checks the schema and opens a pool), on the first good pass.
+            store = store or SqlAlchemyStore(config.db_uri(config.mlflow_db),
+                                             "mlflow-artifacts:/")
+            with config.mlflow_db_connection() as conn:
+                for run_id in fail_stale_runs(store, conn, stale_after_s):
+                    print(f"[janitor] run {run_id}: stale, marked FAILED", flush=True)
+            HEARTBEAT.touch()
+        except Exception as exc:  # noqa: BLE001 - a database restart must not kill the loop
+            print(f"[janitor] pass failed, will retry: {exc}", flush=True)
+        time.sleep(interval_s)
+
+
+def healthy() -> bool:
+    """The last good pass is recent: two intervals and a minute of slack."""
+    try:
+        return time.time() - HEARTBEAT.stat().st_mtime < 2 * _interval_s() + 60
+    except FileNotFoundError:
+        return False

@@ -8,32 +8,18 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from . import bucket, bucket_archive, janitor, settings
+from . import bucket_archive, settings
 from .config import PlatformConfig
-from .databases import Server
-
-HEARTBEAT = Path(os.environ.get("MLSTACK_JANITOR_HEARTBEAT", "/tmp/mlstack/janitor.heartbeat"))
-
-
-def s3_client(config: PlatformConfig):
-    return bucket.client(config.s3_endpoint, settings.secret("minio_root_user"),
-                         settings.secret("minio_root_password"))
-
-
-def mlflow_db(config: PlatformConfig):
-    return Server(config.postgres_host, config.postgres_port, config.db_role,
-                  settings.secret("mlflow_db_password")).connect(config.mlflow_db)
 
 
 def bucket_export(config: PlatformConfig) -> None:
-    count, size = bucket_archive.export(s3_client(config), config.bucket, sys.stdout.buffer)
+    count, size = bucket_archive.export(config.s3_client(), config.bucket, sys.stdout.buffer)
     print(f"exported {count} objects, {size} bytes", file=sys.stderr)
 
 
 def bucket_import(config: PlatformConfig, replace: bool) -> None:
-    s3 = s3_client(config)
+    s3 = config.s3_client()
     if replace:
         print(f"removed {bucket_archive.empty(s3, config.bucket)} objects", file=sys.stderr)
     count, size = bucket_archive.import_(s3, config.bucket, sys.stdin.buffer)
@@ -41,7 +27,7 @@ def bucket_import(config: PlatformConfig, replace: bool) -> None:
 
 
 def bucket_usage(config: PlatformConfig) -> None:
-    count, size = bucket_archive.usage(s3_client(config), config.bucket)
+    count, size = bucket_archive.usage(config.s3_client(), config.bucket)
     print(f"{count} {size}")
 
 
@@ -58,17 +44,17 @@ def admin_password_is_generated(config: PlatformConfig) -> bool:
 def deleted_runs(config: PlatformConfig, older_than_s: float) -> list[tuple[str, str, str]]:
     """(run id, experiment id, run name) of runs deleted more than `older_than_s` ago."""
     cutoff = int((time.time() - older_than_s) * 1000)
-    with mlflow_db(config) as conn, conn.cursor() as cur:
+    with config.mlflow_db_connection() as conn, conn.cursor() as cur:
         cur.execute("SELECT run_uuid, experiment_id::text, name FROM runs "
                     "WHERE lifecycle_stage = 'deleted' AND deleted_time < %s "
                     "ORDER BY deleted_time", (cutoff,))
         return cur.fetchall()
 
 
-def run_exists(config: PlatformConfig, run_id: str) -> bool:
-    with mlflow_db(config) as conn, conn.cursor() as cur:
-        cur.execute("SELECT 1 FROM runs WHERE run_uuid = %s", (run_id,))
-        return cur.fetchone() is not None
+def existing_runs(config: PlatformConfig, run_ids: list[str]) -> set[str]:
+    with config.mlflow_db_connection() as conn, conn.cursor() as cur:
+        cur.execute("SELECT run_uuid FROM runs WHERE run_uuid = ANY(%s)", (run_ids,))
+        return {row[0] for row in cur.fetchall()}
 
 
 def gc(config: PlatformConfig, older_than_s: float, dry_run: bool) -> list[str]:
@@ -85,38 +71,8 @@ def gc(config: PlatformConfig, older_than_s: float, dry_run: bool) -> list[str]:
                         "--tracking-uri", "http://mlflow:5000",
                         "--run-ids", ",".join(run_id for run_id, _, _ in runs)],
                        check=True, env=env, stdout=sys.stderr)
-        runs = [r for r in runs if not run_exists(config, r[0])]
+        left = existing_runs(config, [r[0] for r in runs])
+        runs = [r for r in runs if r[0] not in left]
     for run_id, experiment_id, name in runs:
         print(f"{run_id}\t{experiment_id}\t{name}")
     return [r[0] for r in runs]
-
-
-def reap_stale_runs(config: PlatformConfig, stale_after_s: float) -> list[str]:
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    store = SqlAlchemyStore(config.db_uri(config.mlflow_db), "mlflow-artifacts:/")
-    with mlflow_db(config) as conn:
-        return janitor.fail_stale_runs(store, conn, stale_after_s)
-
-
-def janitor_loop(config: PlatformConfig) -> None:
-    stale_after_s = 60 * settings.integer("MLSTACK_STALE_RUN_MINUTES", 1440, maximum=525600)
-    interval_s = settings.integer("MLSTACK_JANITOR_INTERVAL_SECONDS", 300, maximum=86400)
-    print(f"[janitor] failing runs idle for {stale_after_s / 60:g} min, every {interval_s} s",
-          flush=True)
-    HEARTBEAT.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        try:
-            for run_id in reap_stale_runs(config, stale_after_s):
-                print(f"[janitor] run {run_id}: stale, marked FAILED", flush=True)
-            HEARTBEAT.touch()
-        except Exception as exc:  # noqa: BLE001 - a database restart must not kill the loop
-            print(f"[janitor] pass failed, will retry: {exc}", flush=True)
-        time.sleep(interval_s)
-
-
-def janitor_healthy(max_age_s: float) -> bool:
-    try:
-        return time.time() - HEARTBEAT.stat().st_mtime < max_age_s
-    except FileNotFoundError:
-        return False
