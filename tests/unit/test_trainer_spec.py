@@ -1,6 +1,8 @@
+import json
+
 import pytest
 
-from mlstack_trainer.spec import SpecError, parse
+from mlstack_trainer.spec import MAX_TIMEOUT_S, JobSpec, SpecError, dumps, parse, validate
 
 GOOD = """
 name: digits-baseline
@@ -75,3 +77,124 @@ def test_all_mistakes_are_reported_together():
 def test_the_spec_accepts_exactly_the_examples_the_runtime_has():
     from mlstack_trainer import examples, spec
     assert set(spec.EXAMPLES) == set(examples.EXAMPLES)
+
+
+def spec_with(line: str) -> str:
+    return f"experiment: e\n{line}"
+
+
+@pytest.mark.parametrize("entrypoint, kind, target, name", [
+    ("script:train.py", "script", "train.py", "train"),
+    ("script:src/models/train_cnn.py", "script", "src/models/train_cnn.py", "train_cnn"),
+    ("script:./train.py", "script", "train.py", "train"),
+    ("'project:'", "project", ".", "project"),  # YAML needs a trailing ':' quoted
+    ("project:.", "project", ".", "project"),
+    ("project::evaluate", "project", ".:evaluate", "project"),
+    ("project:.:evaluate", "project", ".:evaluate", "project"),
+    ("project:team/cnn", "project", "team/cnn", "cnn"),
+    ("project:team/cnn/:evaluate", "project", "team/cnn:evaluate", "cnn"),
+    ("module:mypkg.train:main", "module", "mypkg.train:main", "main"),
+])
+def test_entrypoint_kinds_and_their_default_names(entrypoint, kind, target, name):
+    spec = parse(spec_with(f"entrypoint: {entrypoint}"))
+    assert (spec.entrypoint.kind, spec.entrypoint.target, spec.name) == (kind, target, name)
+    assert str(spec.entrypoint) == f"{kind}:{target}"
+
+
+@pytest.mark.parametrize("entrypoint, message", [
+    ("script:/abs/train.py", "must be the relative path of a .py file"),
+    ("script:src/../../train.py", "no '..'"),
+    ("script:train.sh", "write e.g. 'script:train.py'"),
+    ("'script:'", "must be the relative path of a .py file"),
+    ("project:/srv/cnn", "no leading '/'"),
+    ("project::run it", "'run it' is not an MLproject entry point"),
+    ("train.py", "for a Python file write 'script:train.py'"),
+])
+def test_bad_scripts_and_projects_say_what_to_write(entrypoint, message):
+    with pytest.raises(SpecError) as info:
+        parse(spec_with(f"entrypoint: {entrypoint}"))
+    assert info.value.problems[0].startswith("entrypoint: ") and message in str(info.value)
+
+
+def test_verbose_defaults_to_false_and_is_part_of_the_wire_format():
+    assert parse(spec_with("entrypoint: example:digits-cnn")).verbose is False
+    spec = parse(spec_with("entrypoint: example:digits-cnn\nverbose: true"))
+    assert spec.verbose is True and spec.to_dict()["verbose"] is True
+    with pytest.raises(SpecError, match="verbose: expected true or false"):
+        parse(spec_with("entrypoint: example:digits-cnn\nverbose: loud"))
+
+
+@pytest.mark.parametrize("name", [
+    "LD_PRELOAD", "LD_LIBRARY_PATH", "DYLD_INSERT_LIBRARIES", "PYTHONPATH", "PYTHONSTARTUP",
+    "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "MLSTACK_TB_LOGDIR", "PIP_INDEX_URL",
+    "BASH_ENV", "ENV", "PATH", "HOME", "SHELL", "IFS", "PS4", "PROMPT_COMMAND", "PERL5LIB",
+    "PERL5OPT", "NODE_OPTIONS", "JAVA_TOOL_OPTIONS", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "CUDA_VISIBLE_DEVICES", "TMPDIR", "http_proxy",
+    "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "no_proxy",
+])
+def test_env_may_not_set_hooks_or_what_the_platform_sets(name):
+    with pytest.raises(SpecError) as info:
+        parse(spec_with(f"entrypoint: example:digits-cnn\nenv: {{{name}: x}}"))
+    [problem] = info.value.problems
+    assert problem.startswith(f"env.{name}: ") and "may not be set by a job: " in problem
+
+
+def test_env_allows_ordinary_names_and_refuses_long_values():
+    ok = parse(spec_with("entrypoint: example:digits-cnn\n"
+                         "env: {KERAS_BACKEND: tensorflow, TF_CPP_MIN_LOG_LEVEL: 2, path: x}"))
+    assert ok.env == {"KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2", "path": "x"}
+    parse(spec_with(f"entrypoint: example:digits-cnn\nenv: {{A: {'x' * 4096}}}"))
+    with pytest.raises(SpecError, match="env.A: 4097 characters is too long; at most 4096"):
+        parse(spec_with(f"entrypoint: example:digits-cnn\nenv: {{A: {'x' * 4097}}}"))
+    with pytest.raises(SpecError, match="env.1X: not a valid environment variable name"):
+        parse(spec_with("entrypoint: example:digits-cnn\nenv: {1X: a}"))
+
+
+def test_experiment_is_any_text_and_register_model_a_bounded_name():
+    spec = parse(spec_with("entrypoint: example:digits-cnn").replace(
+        "experiment: e", "experiment: 'Team A / digits (2024) — ünïcode'"))
+    assert spec.experiment == "Team A / digits (2024) — ünïcode"
+    assert validate({"experiment": "x" * 500, "entrypoint": "example:digits-cnn",
+                     "register_model": "m" * 256}).register_model == "m" * 256
+    with pytest.raises(SpecError) as info:
+        validate({"experiment": "x" * 501, "entrypoint": "example:digits-cnn",
+                  "register_model": "m" * 257})
+    assert info.value.problems == ["experiment: 501 characters is too long; at most 500",
+                                   "register_model: 257 characters is too long; at most 256"]
+    with pytest.raises(SpecError, match="register_model: expected non-empty text"):
+        validate({"experiment": "e", "entrypoint": "example:digits-cnn", "register_model": " "})
+
+
+@pytest.mark.parametrize("entrypoint", ["example:digits-cnn", "module:mypkg.train:main",
+                                        "script:src/train.py", "project:", "project::evaluate",
+                                        "project:team/cnn:evaluate"])
+def test_the_wire_format_round_trips(entrypoint):
+    spec = parse(GOOD.replace("example:digits-cnn", repr(entrypoint)))
+    wire = spec.to_dict()
+    assert set(wire) == {"name", "experiment", "entrypoint", "params", "env", "resources",
+                         "mixed_precision", "verbose", "retries", "register_model"}
+    assert wire["resources"] == {"gpus": 1, "timeout_seconds": 600}
+    assert validate(wire) == spec and validate(json.loads(dumps(spec))) == spec
+
+
+def test_the_json_schema_documents_the_wire_format():
+    schema = JobSpec.model_json_schema()
+    props = schema["properties"]
+    assert set(props) == set(parse(GOOD).to_dict()) and set(schema["required"]) == {
+        "experiment", "entrypoint"}
+    assert schema["additionalProperties"] is False
+    assert "$ref" not in json.dumps(schema)  # self-contained: it is embedded in the OpenAPI doc
+    resources = props["resources"]["properties"]
+    for field in [*props.values(), *resources.values()]:
+        assert field.get("description"), field
+    assert props["entrypoint"]["type"] == "string"
+    assert "not for secrets" in props["env"]["description"].lower()
+    assert resources["timeout_seconds"]["maximum"] == MAX_TIMEOUT_S
+
+
+def test_unknown_fields_list_the_known_ones_including_verbose():
+    with pytest.raises(SpecError) as info:
+        parse(spec_with("entrypoint: example:digits-cnn\nverbosity: 1"))
+    assert info.value.problems == [
+        "verbosity: unknown field; the fields are entrypoint, env, experiment, mixed_precision, "
+        "name, params, register_model, resources, retries, verbose"]
