@@ -49,9 +49,17 @@ confirm() {
 project_name() { compose config 2>/dev/null | sed -n 's/^name: *//p' | head -n 1; }
 
 # The volumes that hold the platform's state (`docker compose down -v` would delete them).
-STATE_VOLUMES=(postgres-data minio-data secrets tls trainer-secrets tb-logs job-logs)
+STATE_VOLUMES=(postgres-data minio-data secrets tls trainer-secrets worker-secrets tb-logs job-logs)
 
 # The databases a backup holds, each with the role that owns it (created by init).
 DATABASES=(mlflow:mlflow mlflow_auth:mlflow trainer:trainer)
+
+# on_job_files COMMAND ARGS...: runs in a one-off trainer container with the shared job volumes
+# (tb-logs, job-logs). The worker lacks DAC_OVERRIDE so that it cannot read what jobs own; an
+# operator's restore or gc must reach every job's files, so this one-off has it.
+on_job_files() {
+  compose run --rm --no-deps -T --cap-add DAC_OVERRIDE --cap-add FOWNER --entrypoint "$1" \
+    trainer "${@:2}"
+}
 
 psql_exec() { compose exec -T postgres psql -U postgres -v ON_ERROR_STOP=1 -qAt "$@"; }

@@ -29,7 +29,19 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture(scope="session")
 def stack():
     """The real platform, brought up from docker-compose.yml once for all e2e tests and always
-    torn down with its volumes. On any failure every service's state and logs are printed."""
+    torn down with its volumes. On any failure every service's state and logs are printed.
+
+    For a quick loop while developing, MLSTACK_E2E_ATTACH=PROJECT:HTTPS_PORT:HTTP_PORT runs the
+    tests against a stack you brought up yourself with those settings (and the ones in
+    stack.py's Stack.env); it is left running."""
+    attach = os.environ.get("MLSTACK_E2E_ATTACH")
+    if attach:
+        project, https_port, http_port = attach.split(":")
+        s = Stack(project=project, https_port=int(https_port), http_port=int(http_port))
+        (s.workdir / "empty.env").touch()
+        s.ca_file.write_text(s.script("ca-cert").stdout)
+        yield s
+        return
     yield from running(Stack(project=f"mlstack-e2e-{os.getpid()}"))
 
 

@@ -246,7 +246,8 @@ writer.close()
 def test_tensorboard_serves_scalars_written_to_the_shared_volume(stack: Stack, admin):
     # A writer on the tb-logs volume, as a trainer is (TensorBoard itself mounts it read-only).
     subprocess.run(
-        ["docker", "run", "--rm", "-v", f"{stack.project}_tb-logs:/var/lib/mlstack/tb-logs",
+        ["docker", "run", "--rm", "--user", "0", "-v",
+         f"{stack.project}_tb-logs:/var/lib/mlstack/tb-logs",
          "--entrypoint", "python", f"mlstack/tensorboard:{os.environ.get('MLSTACK_VERSION', 'dev')}",
          "-c", WRITE_EVENTS], check=True, capture_output=True, text=True)
     s = stack.session(*admin)

@@ -109,8 +109,9 @@ def test_digits_job_by_cli_and_by_curl_is_tracked_in_mlflow_and_tensorboard(stac
 
     job = wait_for_job(stack, carol, cli_job)
     run_id = job["mlflow_run_id"]
-    assert job["links"]["mlflow"].endswith(run_id)
-    assert job["links"]["tensorboard"].endswith(f"runFilter=digits-e2e-{run_id}")
+    assert job["links"]["mlflow"].endswith(f"/#/experiments/{job['experiment_id']}/runs/{run_id}")
+    # TensorBoard 2.21 filters by the query's runFilter (it ignores one in the fragment).
+    assert job["links"]["tensorboard"].endswith(f"/tensorboard/?runFilter={run_id}#timeseries")
 
     # The job's output, through the CLI.
     logs = mlstack(stack, carol, "logs", str(cli_job), "-f")
@@ -128,7 +129,7 @@ pred = loaded.predict(np.zeros((2, 8, 8, 1), "float32"))
 print(json.dumps({{
     "status": run.info.status,
     "steps": [m.step for m in c.get_metric_history("{run_id}", "loss")],
-    "params": run.data.params, "tags": run.data.tags,
+    "params": run.data.params, "tags": run.data.tags, "metrics": sorted(run.data.metrics),
     "inputs": sorted(d.dataset.name for d in run.inputs.dataset_inputs),
     "artifacts": [a.path for a in c.list_artifacts("{run_id}", "logs")],
     "signature": info.signature is not None,
@@ -139,18 +140,22 @@ print(json.dumps({{
     seen = json.loads(check.stdout.strip().splitlines()[-1])
     assert seen["status"] == "FINISHED"
     assert seen["steps"] == [0, 1]
+    assert "system/cpu_utilization_percentage" in seen["metrics"]  # MLflow's system metrics
     assert seen["params"]["epochs"] == "2"
     assert seen["tags"]["mlstack.job_id"] == str(cli_job)
     assert seen["tags"]["mlstack.submitter"] == "carol"
+    # Attributed to the person, not to the job's technical identity.
+    assert seen["tags"]["mlflow.user"] == "carol"
+    assert seen["tags"]["mlflow.source.type"] == "JOB"
     assert seen["tags"]["mlstack.hardware"].startswith("CPU")
     assert seen["tags"]["mlstack.image"].startswith("mlstack/trainer")
     assert seen["inputs"] == ["sklearn-digits", "sklearn-digits"]
     assert seen["artifacts"] == [f"logs/{cli_job}.log"]
     assert seen["signature"] and seen["example"] and seen["pred_shape"] == [2, 10]
 
-    # TensorBoard has the same run's curves at <experiment>/<run name>-<run id>.
+    # TensorBoard has the same run's curves at <experiment id>/<run name>-<run id>.
     s = stack.session(*carol)
-    tb_run = f"carol-digits/digits-e2e-{run_id}/train"
+    tb_run = f"{job['experiment_id']}/digits-e2e-{run_id}/train"
     stack.wait_for("TensorBoard to load the job's run", lambda: tb_run in s.get(
         f"{stack.base_url}/tensorboard/data/runs").json(), timeout_s=120)
     tags = s.get(f"{stack.base_url}/tensorboard/data/plugin/scalars/tags").json()
@@ -178,7 +183,7 @@ def test_user_code_from_the_projects_directory_runs_tracked(stack: Stack, carol,
         params={"run_id": job["mlflow_run_id"], "metric_key": metric}).json()["metrics"]
     assert sorted(m["step"] for m in history) == list(range(epochs))
     s = stack.session(*carol)
-    tb_run = f"carol-own-code/{job['name']}-{job['mlflow_run_id']}/train"
+    tb_run = f"{job['experiment_id']}/{job['name']}-{job['mlflow_run_id']}/train"
     stack.wait_for("TensorBoard to load the job's run", lambda: tb_run in s.get(
         f"{stack.base_url}/tensorboard/data/runs").json(), timeout_s=120)
 

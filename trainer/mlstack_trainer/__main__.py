@@ -1,7 +1,8 @@
 """`mlstack-trainer ROLE`: the roles of the trainer image.
 
-  worker   claim and run jobs (the `trainer` service; scale it with --scale trainer=N)
-  api      the jobs API under gunicorn (the `trainer-api` service)
+  worker   claim and run jobs through the jobs API (the `trainer` service; scale it with
+           --scale trainer=N, or run it on a GPU host of its own)
+  api      the jobs API under uvicorn (the `trainer-api` service)
   check    exit 0 when this container's worker polled within the last 60 s (healthcheck)
 """
 
@@ -10,9 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
-from .worker import DEFAULT_HEARTBEAT_FILE, check
+from .settings import SettingError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,28 +20,30 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("role", choices=["worker", "api", "check"])
     args = p.parse_args(argv)
+    # Imports per role: the healthcheck runs every few seconds and must stay cheap.
     if args.role == "check":
+        from .worker import DEFAULT_HEARTBEAT_FILE, check
+
         return check(DEFAULT_HEARTBEAT_FILE, max_age_s=60)
     if args.role == "api":
-        workers = os.environ.get("TRAINER_API_WORKERS", "2")
-        os.execvp("gunicorn", ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", workers,
-                               "--worker-class", "gthread", "--threads", "4",
-                               "--access-logfile", "-", "mlstack_trainer.api:create_app()"])
-    from mlflow import MlflowClient
+        # One process: the API is I/O-bound (its handlers run in a thread pool), and several
+        # uvicorn workers sharing a socket delay every kept-alive response by ~40 ms (Nagle,
+        # see shared/DESIGN.md). No access log: nginx keeps one.
+        os.execvp("uvicorn", ["uvicorn", "mlstack_trainer.api:create_app", "--factory",
+                              "--host", "0.0.0.0", "--port", "8000", "--no-access-log",
+                              "--no-server-header", "--timeout-graceful-shutdown", "20"])
+    from .jobs_client import JobsClient
+    from .settings import WorkerSettings
+    from .worker import Worker
 
-    from .queue import JobQueue
-    from .settings import TrainerSettings
-    from .worker import Worker, WorkerConfig, default_name
-
-    settings = TrainerSettings.from_env()
-    settings.use_service_account()
-    queue = JobQueue(settings.connect)
-    queue.migrate()
-    config = WorkerConfig(name=default_name(), tb_root=settings.tb_root,
-                          logs_dir=settings.logs_dir, public_url=settings.public_url,
-                          image=settings.image, lease_s=settings.lease_s)
-    print(f"[worker] {config.name} polling for jobs", flush=True)
-    Worker(queue, MlflowClient(), config).run_forever()
+    try:
+        settings = WorkerSettings.from_env()
+    except SettingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"[worker] {settings.name} polling {settings.platform_url} for jobs "
+          f"({settings.gpus} GPU(s))", flush=True)
+    Worker(settings, JobsClient(settings)).run_forever()
     return 0
 
 

@@ -1,124 +1,499 @@
-"""The jobs API behind nginx at /trainer/api/ (served by gunicorn: `mlstack-trainer api`).
+"""The jobs API behind nginx at /trainer/api/ (FastAPI under uvicorn: `mlstack-trainer api`).
 
-nginx has already checked the caller's MLflow login and passes the user name in
-X-Mlstack-User; whether they are an admin is asked of MLflow with their own credentials
-(cached briefly). A user sees and cancels their own jobs; an admin, everyone's.
+Two kinds of caller, both identified by MLflow's answer to their own credentials (callers.py):
+- team members submit (a spec, optionally with their code), list, show, follow and cancel their
+  own jobs; an admin sees everyone's;
+- workers (MLflow users marked as workers in the jobs database) claim jobs, renew their lease,
+  fetch a job's code and report how it ended. The claim answer carries the job's own MLflow
+  identity, minted here (mlflow_admin.py): this service alone holds the admin credentials and
+  the database, and it never runs user code.
+
+The OpenAPI document is generated (GET /trainer/api/openapi.json; interactive at
+/trainer/api/docs).
 """
 
 from __future__ import annotations
 
-import hashlib
-import time
+import contextlib
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import requests
-from flask import Flask, Response, jsonify, request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 
-from .queue import Job, JobQueue
-from .spec import SpecError, parse
-from .settings import TrainerSettings
+from . import code_archive
+from .callers import Authenticator, Caller
+from .mlflow_admin import MlflowAdmin, NotAllowed
+from .queue import FINAL, Job, JobQueue, JobState
+from .settings import API_VERSION, JOB_IDENTITY_PREFIX, LOCAL_WORKER_ACCOUNT, ApiSettings
+from .spec import JobSpec, SpecError, parse
 
-OPENAPI = Path(__file__).with_name("openapi.json")
-_ADMIN_CACHE: dict[str, tuple[float, bool]] = {}
+PREFIX = "/trainer/api"
+SWEEP_EVERY_S = 10
+LOG_CHUNK = 1 << 20
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
-def create_app(settings: TrainerSettings | None = None, queue: JobQueue | None = None) -> Flask:
-    settings = settings or TrainerSettings.from_env()
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, problems: list[str] | None = None):
+        self.status, self.error, self.problems = status, error, problems
+
+
+# --- what the API answers ----------------------------------------------------------------------
+
+class JobView(BaseModel):
+    id: int
+    name: str
+    state: JobState
+    submitter: str
+    worker: str | None
+    attempts: int
+    mlflow_run_id: str | None
+    experiment_id: str | None
+    error: str | None
+    waiting_for: str | None = Field(None, description="Why a queued job is not running yet")
+    cancel_requested: bool
+    spec: dict[str, Any]
+    code_sha256: str | None
+    code_bytes: int | None
+    source: dict[str, Any] | None
+    links: dict[str, str]
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class JobList(BaseModel):
+    jobs: list[JobView]
+
+
+class ApiConfig(BaseModel):
+    api_version: str
+    max_code_bytes: int
+
+
+class ClaimRequest(BaseModel):
+    worker: str = Field(description="This worker process's name (host and pid)")
+    gpus: int = Field(0, ge=0, description="GPUs this worker can give a job")
+    api_version: str = Field(description="The jobs API version the worker speaks")
+    image: str = Field("unknown", description="The trainer image the worker runs")
+
+
+class Identity(BaseModel):
+    username: str
+    password: str
+
+
+class Claim(BaseModel):
+    job: JobView
+    attempt: int
+    identity: Identity = Field(description="The job's own MLflow user: deleted when it ends")
+    experiment_id: str
+    run_id: str
+    tensorboard_dir: str = Field(description="Relative to the TensorBoard log root")
+    lease_seconds: int
+    has_code: bool
+
+
+class WorkerReport(BaseModel):
+    worker: str
+
+
+class Heartbeat(BaseModel):
+    cancel_requested: bool
+
+
+class Finish(BaseModel):
+    worker: str
+    state: JobState
+    error: str | None = None
+
+
+# --- who is calling ----------------------------------------------------------------------------
+
+def _caller(request: Request) -> Caller:
+    who = request.app.state.authenticate(request.headers.get("authorization", ""))
+    if who is None:
+        raise ApiError(401, "not logged in: give your MLflow user name and password")
+    return who
+
+
+def _worker(request: Request, who: Annotated[Caller, Depends(_caller)]) -> Caller:
+    if not request.app.state.queue.is_worker(who.username):
+        raise ApiError(403, f"{who.username} is not a worker")
+    return who
+
+
+User = Annotated[Caller, Depends(_caller)]
+Worker = Annotated[Caller, Depends(_worker)]
+
+
+# --- the application -------------------------------------------------------------------------
+
+def create_app(settings: ApiSettings | None = None, queue: JobQueue | None = None,
+               admin: MlflowAdmin | None = None, authenticate: Authenticator | None = None,
+               sweep: bool = True) -> FastAPI:
+    settings = settings or ApiSettings.from_env()
+    if admin is None:
+        settings.use_service_account()
+        admin = MlflowAdmin(settings.mlflow_uri)
     queue = queue or JobQueue(settings.connect)
-    queue.migrate()
-    app = Flask(__name__)
+    authenticate = authenticate or Authenticator(settings.mlflow_uri, settings.identity_cache_s)
+    stop = threading.Event()
 
-    def caller() -> tuple[str, bool]:
-        user = request.headers.get("X-Mlstack-User", "")
-        if not user:
-            # Only nginx reaches this service, and it always sets the header after login.
-            raise PermissionError("no authenticated user")
-        auth = request.headers.get("Authorization", "")
-        key = hashlib.sha256(auth.encode()).hexdigest()
-        cached = _ADMIN_CACHE.get(key)
-        if cached and cached[0] > time.monotonic():
-            return user, cached[1]
-        r = requests.get(f"{settings.mlflow_uri}/api/2.0/mlflow/users/current",
-                         headers={"Authorization": auth}, timeout=10)
-        is_admin = r.ok and bool(r.json().get("user", {}).get("is_admin"))
-        if len(_ADMIN_CACHE) > 10_000:  # bounded: one entry per distinct credential
-            _ADMIN_CACHE.clear()
-        _ADMIN_CACHE[key] = (time.monotonic() + 60, is_admin)
-        return user, is_admin
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        queue.migrate()
+        queue.add_worker_account(LOCAL_WORKER_ACCOUNT)
+        sweeper = threading.Thread(target=_sweep_forever, daemon=True) if sweep else None
+        if sweeper:
+            sweeper.start()
+        yield
+        stop.set()
 
-    def view(job: Job) -> dict[str, Any]:
+    app = FastAPI(title="mlstack jobs API", version=API_VERSION, lifespan=lifespan,
+                  openapi_url=f"{PREFIX}/openapi.json", docs_url=f"{PREFIX}/docs",
+                  redoc_url=None,
+                  description="Submit training jobs (a spec and, optionally, your code) and "
+                              "follow them. Log in with your MLflow user name and password.")
+
+    app.state.authenticate, app.state.queue = authenticate, queue
+
+    # --- cross-cutting ------------------------------------------------------------------------
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError):
+        body: dict[str, Any] = {"error": exc.error}
+        if exc.problems:
+            body["problems"] = exc.problems
+        return JSONResponse(body, status_code=exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_request: Request, exc: HTTPException):
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.middleware("http")
+    async def _same_origin_only(request: Request, call_next):
+        # A page on another site may make a logged-in browser POST here (a "simple" request
+        # with text/plain needs no CORS preflight): state changes come from our origins only.
+        origin = request.headers.get("origin")
+        if request.method not in SAFE_METHODS and origin and origin not in settings.origins:
+            return JSONResponse({"error": f"requests from {origin} are refused: use the "
+                                          "platform's own address"}, status_code=403)
+        return await call_next(request)
+
+    def view(job: Job) -> JobView:
         links = {}
         if job.mlflow_run_id:
-            links = {"mlflow": f"{settings.public_url}/#/runs/{job.mlflow_run_id}",
-                     "tensorboard": f"{settings.public_url}/tensorboard/#timeseries&runFilter="
-                                    f"{job.name}-{job.mlflow_run_id}"}
-        return {"id": job.id, "name": job.name, "state": job.state, "submitter": job.submitter,
-                "worker": job.worker, "attempts": job.attempts, "mlflow_run_id": job.mlflow_run_id,
-                "error": job.error, "cancel_requested": job.cancel_requested, "spec": job.spec,
-                "links": links,
-                **{k: (getattr(job, k).isoformat() if getattr(job, k) else None)
-                   for k in ("created_at", "started_at", "finished_at")}}
+            links = {
+                "mlflow": f"{settings.public_url}/#/experiments/{job.experiment_id}/runs/"
+                          f"{job.mlflow_run_id}",
+                # TensorBoard 2.21 reads the filter from the query, not from the fragment.
+                "tensorboard": f"{settings.public_url}/tensorboard/?runFilter="
+                               f"{job.mlflow_run_id}#timeseries",
+            }
+        waiting = None
+        if job.state == JobState.QUEUED and job.gpus:
+            most = queue.most_gpus_seen()
+            if (most or 0) < job.gpus:
+                waiting = (f"no worker offers {job.gpus} GPU(s) (the most seen lately: "
+                           f"{most or 0}); it runs when one does")
+        return JobView(
+            id=job.id, name=job.name, state=JobState(job.state), submitter=job.submitter,
+            worker=job.worker, attempts=job.attempts, mlflow_run_id=job.mlflow_run_id,
+            experiment_id=job.experiment_id, error=job.error, waiting_for=waiting,
+            cancel_requested=job.cancel_requested, spec=job.spec, code_sha256=job.code_sha256,
+            code_bytes=job.code_bytes, source=job.source, links=links,
+            **{k: (getattr(job, k).isoformat() if getattr(job, k) else None)
+               for k in ("created_at", "started_at", "finished_at")})
 
-    def visible(job_id: int) -> Job:
-        user, admin = caller()
+    def visible(job_id: int, who: Caller) -> Job:
         job = queue.get(job_id)
-        if job is None or not (admin or job.submitter == user):
-            raise LookupError(f"no job {job_id}")
+        if job is None or not (who.is_admin or job.submitter == who.username):
+            raise ApiError(404, f"no job {job_id}")
         return job
 
-    @app.errorhandler(PermissionError)
-    def _forbidden(exc):
-        return jsonify(error=str(exc)), 401
+    # --- team members --------------------------------------------------------------------------
 
-    @app.errorhandler(LookupError)
-    def _missing(exc):
-        return jsonify(error=str(exc)), 404
-
-    @app.post("/trainer/api/jobs")
-    def submit():
-        user, _ = caller()
-        try:
-            spec = parse(request.get_data(as_text=True))
-        except SpecError as exc:
-            return jsonify(error="invalid job spec", problems=exc.problems), 400
-        return jsonify(view(queue.submit(spec, user))), 201
-
-    @app.get("/trainer/api/jobs")
-    def listing():
-        user, admin = caller()
-        jobs = queue.list(None if admin and request.args.get("all") else user)
-        return jsonify(jobs=[view(j) for j in jobs])
-
-    @app.get("/trainer/api/jobs/<int:job_id>")
-    def show(job_id: int):
-        return jsonify(view(visible(job_id)))
-
-    @app.get("/trainer/api/jobs/<int:job_id>/logs")
-    def logs(job_id: int):
-        job = visible(job_id)
-        offset = max(int(request.args.get("offset", 0)), 0)
-        path = settings.logs_dir / f"{job.id}.log"
-        data = b""
-        if path.exists():
-            with open(path, "rb") as f:
-                f.seek(offset)
-                data = f.read(1 << 20)
-        return Response(data, mimetype="text/plain", headers={
-            "X-Next-Offset": str(offset + len(data)), "X-Job-State": job.state})
-
-    @app.post("/trainer/api/jobs/<int:job_id>/cancel")
-    def cancel(job_id: int):
-        visible(job_id)
-        return jsonify(view(queue.cancel(job_id)))
-
-    @app.get("/trainer/api/openapi.json")
-    def openapi():
-        return Response(OPENAPI.read_text(), mimetype="application/json")
-
-    @app.get("/trainer/api/health")
+    @app.get(f"{PREFIX}/health", include_in_schema=False)
     def health():
         queue.depth()
-        return jsonify(status="ok")
+        return {"status": "ok"}
 
+    @app.get(f"{PREFIX}/config", response_model=ApiConfig)
+    def config(_who: User):
+        return ApiConfig(api_version=API_VERSION, max_code_bytes=settings.max_code_bytes)
+
+    @app.post(f"{PREFIX}/jobs", response_model=JobView, status_code=201, openapi_extra={
+        "requestBody": {"content": {
+            "application/yaml": {"schema": JobSpec.model_json_schema()},
+            "multipart/form-data": {"schema": {"type": "object", "required": ["spec"],
+                                               "properties": {
+                "spec": {"type": "string", "format": "binary", "description": "the job spec"},
+                "code": {"type": "string", "format": "binary",
+                         "description": "the code, a tar.gz"},
+                "source": {"type": "string", "description": "JSON: git_commit, git_dirty, "
+                                                            "git_branch, git_remote"}}}}}}})
+    async def submit(request: Request, who: User):
+        """Queue a job: a YAML/JSON spec as the body, or multipart parts `spec` and `code`."""
+        spec_text, code, source = await _read_submission(request, settings.max_code_bytes)
+        try:
+            spec = parse(spec_text)
+        except SpecError as exc:
+            raise ApiError(400, "invalid job spec", exc.problems)
+        if code is not None:
+            try:
+                code_archive.check_entrypoint(code_archive.member_names(code),
+                                              spec.entrypoint.kind, spec.entrypoint.target)
+            except code_archive.ArchiveError as exc:
+                raise ApiError(400, "invalid job", [str(exc)])
+        elif spec.entrypoint.kind == "script":
+            raise ApiError(400, "invalid job", ["entrypoint: a script: job needs its code: "
+                                                "upload it (mlstack submit --code DIR)"])
+        try:
+            await run_in_threadpool(admin.check_submit, who.username, who.is_admin,
+                                    spec.experiment, spec.register_model)
+        except NotAllowed as exc:
+            raise ApiError(403, str(exc))
+        job = await run_in_threadpool(queue.submit, spec, who.username, code, source)
+        return view(job)
+
+    @app.get(f"{PREFIX}/jobs", response_model=JobList)
+    def listing(who: User, all: bool = Query(False, description="admins: everyone's jobs")):
+        jobs = queue.list(None if who.is_admin and all else who.username)
+        return JobList(jobs=[view(j) for j in jobs])
+
+    @app.get(f"{PREFIX}/jobs/{{job_id}}", response_model=JobView)
+    def show(job_id: int, who: User):
+        return view(visible(job_id, who))
+
+    @app.get(f"{PREFIX}/jobs/{{job_id}}/logs", response_class=Response,
+             responses={200: {"content": {"text/plain": {}}}})
+    def logs(job_id: int, who: User, offset: int = Query(0, ge=0)):
+        """The job's output from `offset`; X-Next-Offset says where to continue, X-Job-State
+        whether more may come."""
+        job = visible(job_id, who)
+        data = _read_log(settings.logs_dir / f"{job.id}.log", offset)
+        return Response(data, media_type="text/plain", headers={
+            "X-Next-Offset": str(offset + len(data)), "X-Job-State": job.state})
+
+    @app.post(f"{PREFIX}/jobs/{{job_id}}/cancel", response_model=JobView)
+    def cancel(job_id: int, who: User):
+        visible(job_id, who)
+        return view(queue.cancel(job_id))
+
+    # --- workers ---------------------------------------------------------------------------------
+
+    @app.post(f"{PREFIX}/worker/claim", response_model=Claim,
+              responses={204: {"description": "nothing to run"}})
+    def claim(body: ClaimRequest, who: Worker):
+        if body.api_version != API_VERSION:
+            raise ApiError(409, f"this platform speaks jobs API version {API_VERSION}, the "
+                                f"worker {body.api_version}: run the trainer image of the "
+                                "platform's release")
+        queue.worker_seen(body.worker, who.username, body.gpus, body.api_version)
+        _sweep()
+        job = queue.claim(body.worker, settings.lease_s, body.gpus)
+        if job is None:
+            return Response(status_code=204)
+        return _start(job, body.worker, body.image)
+
+    @app.post(f"{PREFIX}/worker/jobs/{{job_id}}/heartbeat", response_model=Heartbeat)
+    def heartbeat(job_id: int, body: WorkerReport, _who: Worker):
+        job = queue.heartbeat(job_id, body.worker, settings.lease_s)
+        if job is None:
+            raise ApiError(409, f"job {job_id} is no longer {body.worker}'s: stop it")
+        queue.worker_busy(body.worker, job_id)
+        return Heartbeat(cancel_requested=job.cancel_requested)
+
+    @app.get(f"{PREFIX}/worker/jobs/{{job_id}}/code", response_class=Response)
+    def code(job_id: int, worker: str, _who: Worker):
+        job = queue.get(job_id)
+        if job is None or job.worker != worker or job.state != JobState.RUNNING:
+            raise ApiError(404, f"job {job_id} is not running on {worker}")
+        data = queue.code(job_id)
+        if data is None:
+            raise ApiError(404, f"job {job_id} has no uploaded code")
+        return Response(data, media_type="application/gzip")
+
+    @app.post(f"{PREFIX}/worker/jobs/{{job_id}}/finish", response_model=JobView)
+    def finish(job_id: int, body: Finish, _who: Worker):
+        if not body.state.final:
+            raise ApiError(400, f"a job finishes as one of {[s.value for s in FINAL]}")
+        job = queue.finish(job_id, body.worker, body.state.value, body.error)
+        if job is None:
+            raise ApiError(409, f"job {job_id} is no longer {body.worker}'s")
+        _wrap_up(job)
+        return view(job)
+
+    # --- the job's life in MLflow ----------------------------------------------------------------
+
+    def _start(job: Job, worker_name: str, image: str) -> Claim:
+        identity = f"{JOB_IDENTITY_PREFIX}{job.id}-{job.attempts}"
+        queue.set_identity(job.id, worker_name, identity)  # found and deleted whatever happens
+        spec = job.spec
+        try:
+            submitter_is_admin = _is_admin(job.submitter)
+            started = admin.start(identity, job.submitter, submitter_is_admin,
+                                  spec["experiment"], spec.get("register_model"), job.name,
+                                  _run_tags(job, worker_name, image))
+        except NotAllowed as exc:
+            failed = queue.finish(job.id, worker_name, JobState.FAILED.value, str(exc))
+            if failed:
+                _wrap_up(failed)
+            raise ApiError(409, f"job {job.id} cannot run: {exc}")
+        queue.set_started(job.id, worker_name, started.run_id, started.experiment_id)
+        tb_dir = f"{started.experiment_id}/{_safe(job.name)}-{started.run_id}"
+        admin.set_tag(started.run_id, "mlstack.tensorboard_url",
+                      f"{settings.public_url}/tensorboard/?runFilter={started.run_id}#timeseries")
+        job = queue.get(job.id)
+        return Claim(job=view(job), attempt=job.attempts,
+                     identity=Identity(username=identity, password=started.password),
+                     experiment_id=started.experiment_id, run_id=started.run_id,
+                     tensorboard_dir=tb_dir, lease_seconds=settings.lease_s,
+                     has_code=job.code_sha256 is not None)
+
+    def _is_admin(username: str) -> bool:
+        try:
+            return bool(admin.auth.get_user(username).is_admin)
+        except Exception:  # noqa: BLE001 - a deleted submitter has no rights at all
+            return False
+
+    def _run_tags(job: Job, worker_name: str, image: str) -> dict[str, str]:
+        source = job.source or {}
+        tags = {
+            "mlflow.user": job.submitter,  # the person, not the job's technical identity
+            "mlflow.source.type": "JOB",
+            "mlflow.source.name": f"mlstack job {job.id}: {job.spec['entrypoint']}",
+            "mlstack.job_id": str(job.id), "mlstack.submitter": job.submitter,
+            "mlstack.worker": worker_name, "mlstack.image": image,
+            "mlstack.entrypoint": job.spec["entrypoint"],
+        }
+        if job.code_sha256:
+            tags["mlstack.code_sha256"] = job.code_sha256
+        for key, tag in (("git_commit", "mlflow.source.git.commit"),
+                         ("git_branch", "mlflow.source.git.branch"),
+                         ("git_remote", "mlflow.source.git.repoURL")):
+            if source.get(key):
+                tags[tag] = str(source[key])
+        if "git_dirty" in source:
+            tags["mlstack.git_dirty"] = str(bool(source["git_dirty"])).lower()
+        return tags
+
+    def _wrap_up(job: Job) -> None:
+        """After an attempt ends: its log into the run, the run ended, the identity gone."""
+        if job.mlflow_run_id:
+            try:
+                admin.upload_log(job.mlflow_run_id, settings.logs_dir / f"{job.id}.log")
+                if job.state != JobState.SUCCEEDED:
+                    status = "KILLED" if job.state == JobState.CANCELLED else "FAILED"
+                    admin.end_run(job.mlflow_run_id, status, job.error)
+            except Exception as exc:  # noqa: BLE001 - the outcome is recorded; MLflow may be down
+                print(f"[api] job {job.id}: could not wrap up run {job.mlflow_run_id}: {exc}",
+                      flush=True)
+        _delete_identities()
+
+    def _delete_identities() -> None:
+        for job_id, identity in queue.identities_to_delete():
+            try:
+                admin.delete_identity(identity)
+                queue.clear_identity(job_id, identity)
+            except Exception as exc:  # noqa: BLE001 - retried on the next sweep
+                print(f"[api] could not delete job identity {identity}: {exc}", flush=True)
+
+    sweep_lock = threading.Lock()
+
+    def _sweep() -> None:
+        """Jobs of workers that stopped heartbeating: requeued or failed (queue.py); their runs
+        ended and their identities deleted."""
+        if not sweep_lock.acquire(blocking=False):
+            return
+        try:
+            for job in queue.reap_expired():
+                if job.state == JobState.FAILED and job.mlflow_run_id:
+                    _wrap_up(job)
+            _delete_identities()
+        finally:
+            sweep_lock.release()
+
+    def _sweep_forever() -> None:
+        while not stop.wait(SWEEP_EVERY_S):
+            try:
+                _sweep()
+            except Exception as exc:  # noqa: BLE001 - the database may be restarting
+                print(f"[api] sweep failed: {exc}", flush=True)
+
+    app.state.sweep = _sweep  # for tests
     return app
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:100] or "run"
+
+
+def _read_log(path: Path, offset: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(LOG_CHUNK)
+    except FileNotFoundError:
+        return b""
+
+
+async def _read_submission(request: Request, max_code_bytes: int
+                           ) -> tuple[str, bytes | None, dict | None]:
+    """(spec text, code archive or None, git source or None) from either kind of body."""
+    import json
+
+    content_type = request.headers.get("content-type", "")
+    length = int(request.headers.get("content-length") or 0)
+    if length > max_code_bytes + (1 << 20):
+        raise ApiError(413, f"the upload is {length / 2**20:.1f} MB, over the limit of "
+                            f"{max_code_bytes / 2**20:.0f} MB (TRAINER_MAX_CODE_MB on the "
+                            "platform): leave data and checkpoints out of the code folder")
+    if not content_type.startswith("multipart/form-data"):
+        body = await request.body()
+        if len(body) > 1 << 20:
+            raise ApiError(413, "the spec is over 1 MB")
+        return body.decode("utf-8", errors="replace"), None, None
+    form = await request.form(max_files=2, max_fields=4)
+    unknown = set(form.keys()) - {"spec", "code", "source"}
+    if unknown:
+        raise ApiError(400, "invalid job", [f"{k}: unknown part; the parts are spec, code, source"
+                                            for k in sorted(unknown)])
+
+    async def text_of(name: str) -> str | None:
+        value = form.get(name)
+        if value is None or isinstance(value, str):
+            return value
+        return (await value.read(1 << 20)).decode("utf-8", errors="replace")
+
+    spec_text = await text_of("spec")
+    if spec_text is None:
+        raise ApiError(400, "invalid job", ["spec: missing; send the job spec as the part "
+                                            "'spec' (curl -F spec=@job.yaml)"])
+    code = None
+    part = form.get("code")
+    if part is not None:
+        if isinstance(part, str):
+            raise ApiError(400, "invalid job", ["code: send the archive as a file "
+                                                "(curl -F code=@code.tar.gz)"])
+        code = await part.read(max_code_bytes + 1)
+        if len(code) > max_code_bytes:
+            raise ApiError(413, f"the code is over the limit of {max_code_bytes / 2**20:.0f} MB "
+                                "(TRAINER_MAX_CODE_MB on the platform)")
+    source = None
+    raw_source = await text_of("source")
+    if raw_source:
+        try:
+            source = json.loads(raw_source)
+        except ValueError:
+            source = None
+        if not isinstance(source, dict):
+            raise ApiError(400, "invalid job", ["source: expected a JSON object"])
+        source = {k: source[k] for k in ("git_commit", "git_dirty", "git_branch", "git_remote")
+                  if k in source}
+    return spec_text, code, source

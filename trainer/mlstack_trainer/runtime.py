@@ -1,10 +1,13 @@
-"""One job, in its own process: `python -m mlstack_trainer.runtime`.
+"""One job, in its own process under its own uid: `python -m mlstack_trainer.runtime`.
 
-The worker starts it with the job's spec (MLSTACK_JOB_SPEC), the MLflow run it created
-(MLFLOW_RUN_ID, with MLFLOW_TRACKING_URI and the service credentials) and the job's
-TensorBoard run directory (MLSTACK_TB_LOGDIR). Training uses MLflow's own Keras integration
-(mlflow.keras.MlflowCallback) and Keras' own TensorBoard callback. A crash here can never take
-the worker down; on an exception the run is marked FAILED with the traceback as an artifact.
+The worker starts it with the job's spec (MLSTACK_JOB_SPEC), its MLflow run (MLFLOW_RUN_ID, with
+the job's own MLflow identity, reaching the platform through its front door), its private home
+(MLSTACK_JOB_HOME), its uploaded code (MLSTACK_CODE_ARCHIVE) and its TensorBoard run directory
+(MLSTACK_TB_LOGDIR); see sandbox.py. The code is unpacked here, by the job itself, and a
+`requirements.txt` at its root is installed into a virtualenv of the job's own, layered on the
+trainer's packages (the job still imports TensorFlow and MLflow from the image). Training uses
+MLflow's own Keras integration (mlflow.keras.MlflowCallback) and Keras' own TensorBoard
+callback. On an exception the run is marked FAILED with the traceback as an artifact.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import subprocess
 import sys
+import sysconfig
 import tempfile
 import traceback
 import types
@@ -126,23 +131,85 @@ def train_example(spec: JobSpec, tb_dir: str) -> None:
     results = model.evaluate(x_test, y_test, return_dict=True, verbose=0)
     mlflow.log_metrics({f"test_{name}": float(value) for name, value in results.items()})
     log_keras_model(model, x_test[:5], spec.register_model)
-    if spec.register_model and os.environ.get("MLSTACK_SUBMITTER"):
-        from . import permissions
-        permissions.grant(os.environ["MLSTACK_SUBMITTER"], "registered_model", spec.register_model)
 
 
-def projects_dir() -> Path:
+class JobSetupError(RuntimeError):
+    """The job's code or its requirements cannot be set up; the message says what to change."""
+
+
+def code_root() -> Path:
+    """The uploaded code, or else the operator's projects directory (TRAINER_PROJECTS)."""
+    home = Path(os.environ.get("MLSTACK_JOB_HOME", "."))
+    if os.environ.get("MLSTACK_CODE_ARCHIVE"):
+        return home / "code"
     return Path(os.environ.get("MLSTACK_PROJECTS_DIR", "/var/lib/mlstack/projects"))
 
 
+def unpack_code() -> None:
+    from .code_archive import extract
+
+    archive = os.environ.get("MLSTACK_CODE_ARCHIVE")
+    if archive and not code_root().exists():
+        extract(Path(archive), code_root())
+
+
+def install_requirements() -> None:
+    """requirements.txt at the code root: into a virtualenv of this job's own that sees the
+    trainer's packages (a .pth file), then this runtime starts again in it (never returns).
+    Without a package index (TRAINER_PIP_INDEX_URL on the platform) only wheels in the upload
+    install; the job's pip has no cache shared with other jobs."""
+    requirements = code_root() / "requirements.txt"
+    if not os.environ.get("MLSTACK_CODE_ARCHIVE") or not requirements.exists() \
+            or os.environ.get("MLSTACK_IN_JOB_VENV"):
+        return
+    venv = Path(os.environ["MLSTACK_JOB_HOME"]) / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next(venv.glob("lib/python3*/site-packages"))
+    (site / "mlstack-trainer.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    index = os.environ.get("MLSTACK_PIP_INDEX_URL")
+    command = [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-input",
+               "--progress-bar", "off", "-r", "requirements.txt", "--find-links", "."]
+    command += ["--index-url", index] if index else ["--no-index"]
+    print(f"[mlstack] installing requirements.txt{' from ' + index if index else ''}", flush=True)
+    result = subprocess.run(command, cwd=code_root())
+    if result.returncode != 0:
+        hint = ("" if index else " No package index is configured for jobs "
+                "(TRAINER_PIP_INDEX_URL in the platform's .env): only wheels in your upload "
+                "install, so put each one in the code folder and name it in requirements.txt.")
+        raise JobSetupError(f"pip could not install requirements.txt (exit code "
+                            f"{result.returncode}; its output is above).{hint}")
+    env = {**os.environ, "MLSTACK_IN_JOB_VENV": "1",
+           "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
+    sys.stdout.flush()
+    os.execve(env_python := str(venv / "bin" / "python"),
+              [env_python, "-m", "mlstack_trainer.runtime"], env)
+
+
+def log_code() -> None:
+    """The code archive as the run's artifact: with the digest tag, what reproduces the run."""
+    archive = os.environ.get("MLSTACK_CODE_ARCHIVE")
+    if archive:
+        mlflow.log_artifact(archive, artifact_path="code")
+
+
 def run_module(spec: JobSpec, tb_dir: str) -> None:
-    """module:PACKAGE.MODULE:FUNCTION from the projects directory, called as
-    FUNCTION(params, tensorboard_dir) inside the job's active MLflow run."""
-    sys.path.insert(0, str(projects_dir()))
+    """module:PACKAGE.MODULE:FUNCTION from the code, called as FUNCTION(params, tensorboard_dir)
+    inside the job's active MLflow run."""
+    sys.path.insert(0, str(code_root()))
     module_name, function_name = spec.entrypoint.target.split(":")
     function = getattr(importlib.import_module(module_name), function_name)
     mlflow.log_params(spec.params)
     function(dict(spec.params), tb_dir)
+
+
+def run_script(spec: JobSpec) -> None:
+    """script:PATH from the code, as `python PATH --name value ...`; the job's run is active
+    through MLFLOW_RUN_ID, so the script's mlflow.start_run() continues it."""
+    mlflow.log_params(spec.params)
+    args = [a for name, value in spec.params.items() for a in (f"--{name}", str(value))]
+    result = subprocess.run([sys.executable, spec.entrypoint.target, *args], cwd=code_root())
+    if result.returncode != 0:
+        raise JobSetupError(f"{spec.entrypoint.target} exited with code {result.returncode}")
 
 
 class ProjectError(RuntimeError):
@@ -150,20 +217,20 @@ class ProjectError(RuntimeError):
 
 
 def run_project(spec: JobSpec, run_id: str) -> None:
-    """project:DIR[:ENTRY_POINT]: an MLflow Project (a directory with an MLproject file) from the
-    projects directory, run by MLflow's own runner into the job's run. The trainer image is the
-    environment (env_manager=local): it has no conda, no network to build a virtualenv and no
-    Docker, so a project that asks for docker_env is refused rather than silently run elsewhere.
-    The entry point's command sees MLSTACK_TB_LOGDIR like any job."""
+    """project:[DIR][:ENTRY_POINT]: an MLflow Project (a directory with an MLproject file) in the
+    code, run by MLflow's own runner into the job's run. The trainer image is the environment
+    (env_manager=local): it has no conda, no network to build a virtualenv and no Docker, so a
+    project that asks for docker_env is refused rather than silently run elsewhere. The entry
+    point's command sees MLSTACK_TB_LOGDIR like any job."""
     import mlflow.projects
     from mlflow.projects import _project_spec
 
     directory, _, entry_point = spec.entrypoint.target.partition(":")
-    root = projects_dir().resolve()
-    path = (root / directory).resolve()
+    root = code_root().resolve()
+    path = (root / (directory or ".")).resolve()
     if not path.is_relative_to(root) or not path.is_dir():
-        raise ProjectError(f"project {directory!r} is not a directory in the trainer's projects "
-                           f"directory ({root}); put it there (TRAINER_PROJECTS in .env)")
+        raise ProjectError(f"project {directory!r} is not a directory in the job's code; "
+                           "upload it with `mlstack submit --code DIR`")
     project = _project_spec.load_project(str(path))
     if project.docker_env:
         raise ProjectError(f"project {directory!r} asks for docker_env in its MLproject; the "
@@ -206,6 +273,8 @@ def run(spec: JobSpec, tb_dir: str) -> None:
         train_example(spec, tb_dir)
     elif spec.entrypoint.kind == "module":
         run_module(spec, tb_dir)
+    elif spec.entrypoint.kind == "script":
+        run_script(spec)
     else:
         run_project(spec, mlflow.active_run().info.run_id)
 
@@ -216,6 +285,10 @@ def main() -> int:
     os.makedirs(tb_dir, exist_ok=True)  # user code may write there directly
     with mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"]) as active:
         try:
+            if not os.environ.get("MLSTACK_IN_JOB_VENV"):
+                unpack_code()
+                log_code()
+                install_requirements()  # starts this runtime again in the job's virtualenv
             run(spec, tb_dir)
         except BaseException:  # noqa: BLE001 - anything, KeyboardInterrupt included, fails the run
             text = traceback.format_exc()

@@ -1,50 +1,38 @@
-"""The trainer worker: claims jobs from the queue and runs each in its own process.
+"""The trainer worker: claims jobs through the jobs API and runs each in a sandbox (sandbox.py).
 
-A job process runs in its own session (cancel and timeout kill its whole process group) and
-dies with the worker (PR_SET_PDEATHSIG), so a killed worker leaves no orphan training on the
-GPU; the worker's lease then runs out and the queue requeues or fails the job. Every loop the
-worker touches a heartbeat file; `python -m mlstack_trainer.worker --check` (the container
-healthcheck) fails when it is stale, proving the worker polls rather than merely lives.
+The worker speaks to the platform only through its front door (jobs_client.py), as a remote GPU
+host will. A claim brings the job's spec, its MLflow run and its own MLflow identity; the worker
+starts the job under the job's uid, renews its lease while it runs, and reports how it ended.
+The jobs API then uploads the log into the run, ends the run if the job could not, and deletes
+the identity.
+
+A job dies with its worker (PR_SET_PDEATHSIG), so a killed worker leaves no orphan training on
+the GPU; the lease then runs out and the API requeues or fails the job. If the worker cannot
+renew the lease (the platform is unreachable), it kills the job before the lease runs out by
+its own clock, so a requeued job never runs twice. Every loop the worker touches a heartbeat
+file; `mlstack-trainer check` (the container healthcheck) fails when it is stale.
 """
 
 from __future__ import annotations
 
-import ctypes
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from mlflow import MlflowClient
-from mlflow.entities import RunStatus
-from mlflow.exceptions import MlflowException
+from . import sandbox
+from .jobs_client import JobsClient, LeaseLost
+from .settings import WorkerSettings
 
-from . import permissions
-from .queue import Job, JobQueue
-from .spec import SpecError, validate
-
-PR_SET_PDEATHSIG = 1
 DEFAULT_HEARTBEAT_FILE = Path("/tmp/mlstack-worker.heartbeat")
 
 
-def _die_with_parent() -> None:
-    os.setsid()
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 @dataclass
-class WorkerConfig:
-    name: str
-    tb_root: Path
-    logs_dir: Path
-    public_url: str  # where users open MLflow/TensorBoard, for the links a run carries
-    image: str = "unknown"
-    lease_s: int = 60
+class Timing:
     heartbeat_s: float = 5
     poll_s: float = 2
     kill_grace_s: float = 10
@@ -52,126 +40,100 @@ class WorkerConfig:
 
 
 class Worker:
-    def __init__(self, queue: JobQueue, client: MlflowClient, config: WorkerConfig):
-        self.queue, self.client, self.config = queue, client, config
+    def __init__(self, settings: WorkerSettings, api: JobsClient, timing: Timing | None = None):
+        self.settings, self.api, self.timing = settings, api, timing or Timing()
         self.stopping = False
 
     # --- the loop ------------------------------------------------------------------------------
 
     def run_forever(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))
+        sandbox.prepare_shared_roots(self.settings.tb_root, self.settings.logs_dir,
+                                     self.settings.jobs_dir)
         while not self.stopping:
-            if not self.run_once():
-                time.sleep(self.config.poll_s)
+            try:
+                ran = self.run_once()
+            except Exception as exc:  # noqa: BLE001 - the platform restarting: try again
+                print(f"[worker] {exc}", flush=True)
+                ran = False
+            if not ran:
+                time.sleep(self.timing.poll_s)
 
     def run_once(self) -> bool:
-        """Reap dead workers' jobs, then run one job if any is queued. True if one ran."""
-        self.config.heartbeat_file.write_text(str(time.time()))
-        for job in self.queue.reap_expired():
-            if job.state == "failed" and job.mlflow_run_id:
-                self._terminate_run(job.mlflow_run_id, "FAILED", job.error)
-        job = self.queue.claim(self.config.name, self.config.lease_s)
-        if job is None:
+        """Run one job if any is queued. True if one ran."""
+        self._beat()
+        claim = self.api.claim()
+        if claim is None:
             return False
+        job_id = claim["job"]["id"]
         try:
-            self.execute(job)
-        except Exception as exc:  # noqa: BLE001 - e.g. MLflow unreachable: fail the job, keep going
-            self.queue.finish(job.id, self.config.name, "failed", f"worker error: {exc}")
+            state, error = self.execute(claim)
+        except Exception as exc:  # noqa: BLE001 - e.g. a full disk: fail the job, keep going
+            state, error = "failed", f"worker error: {exc}"
+        if state != "lost":
+            self.api.finish(job_id, state, error)
         return True
 
-    # --- one job ---------------------------------------------------------------------------------
+    def _beat(self) -> None:
+        self.timing.heartbeat_file.write_text(str(time.time()))
 
-    def execute(self, job: Job) -> str:
+    # --- one job -----------------------------------------------------------------------------------
+
+    def execute(self, claim: dict[str, Any]) -> tuple[str, str | None]:
+        job = claim["job"]
+        s = self.settings
+        folders = sandbox.make_folders(job["id"], claim["attempt"], s.tb_root,
+                                       claim["tensorboard_dir"], s.logs_dir, s.jobs_dir)
         try:
-            spec = validate(job.spec)
-        except SpecError as exc:  # specs are validated on submit; this is belt and braces
-            self.queue.finish(job.id, self.config.name, "failed", str(exc))
-            return "failed"
-        experiment_id = self._experiment_for(job.submitter, spec.experiment)
-        if experiment_id is None:
-            error = (f"{job.submitter} may not write to experiment {spec.experiment!r}; "
-                     "ask its owner, or use another experiment")
-            self.queue.finish(job.id, self.config.name, "failed", error)
-            return "failed"
-        run = self.client.create_run(experiment_id, run_name=spec.name, tags={
-            "mlstack.job_id": str(job.id), "mlstack.submitter": job.submitter,
-            "mlstack.worker": self.config.name, "mlstack.image": self.config.image,
-            "mlstack.entrypoint": str(spec.entrypoint),
-            **({"mlflow.source.git.commit": os.environ["MLSTACK_GIT_COMMIT"]}
-               if os.environ.get("MLSTACK_GIT_COMMIT") else {}),
-        })
-        run_id = run.info.run_id
-        self.queue.set_run_id(job.id, self.config.name, run_id)
-        # TensorBoard: <experiment>/<run name>-<run id>/, so each side names the other.
-        tb_run = f"{spec.name}-{run_id}"
-        tb_dir = self.config.tb_root / spec.experiment / tb_run
-        self.client.set_tag(run_id, "mlstack.tensorboard_url",
-                            f"{self.config.public_url}/tensorboard/#timeseries&runFilter={tb_run}")
+            code = None
+            if claim["has_code"]:
+                code = sandbox.give(folders, "code.tar.gz", self.api.code(job["id"]))
+            if s.ca_file:
+                sandbox.give(folders, "ca.crt", s.ca_file.read_bytes())
+            sandbox.hand_over(folders)
+            env = sandbox.environment(claim, folders, s.platform_url, s.ca_file, s.gpus,
+                                      s.pip_index_url, code)
+            fd = os.open(folders.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+            with os.fdopen(fd, "ab") as log:
+                os.fchown(log.fileno(), 0, sandbox.READERS_GID)  # the jobs API reads it
+                if claim["attempt"] > 1:
+                    log.write(f"[mlstack] attempt {claim['attempt']}\n".encode())
+                    log.flush()
+                process = sandbox.start(folders, env, log)
+                timeout_s = int(job["spec"].get("resources", {}).get("timeout_seconds") or 3600)
+                return self._supervise(job["id"], timeout_s, claim["lease_seconds"], process)
+        finally:
+            sandbox.end(folders)
 
-        self.config.logs_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.config.logs_dir / f"{job.id}.log"
-        env = {**os.environ, **spec.env, "MLFLOW_RUN_ID": run_id,
-               "MLSTACK_JOB_ID": str(job.id), "MLSTACK_JOB_SPEC": json.dumps(job.spec),
-               "MLSTACK_SUBMITTER": job.submitter,
-               "MLSTACK_TB_LOGDIR": str(tb_dir), "PYTHONUNBUFFERED": "1"}
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", "mlstack_trainer.runtime"],
-                                       env=env, stdout=log, stderr=subprocess.STDOUT,
-                                       preexec_fn=_die_with_parent)
-            state, error = self._supervise(job, spec.timeout_s, process)
-
-        try:
-            self.client.log_artifact(run_id, str(log_path), artifact_path="logs")
-        except Exception as exc:  # noqa: BLE001 - a lost log must not lose the outcome
-            print(f"[worker] could not upload the log of job {job.id}: {exc}", flush=True)
-        if state != "succeeded":
-            # The job process normally ends its run itself; after a kill it could not.
-            self._terminate_run(run_id, "KILLED" if state == "cancelled" else "FAILED", error)
-        if state != "lost":
-            self.queue.finish(job.id, self.config.name, state, error)
-        return state
-
-    def _experiment_for(self, submitter: str, name: str) -> str | None:
-        """The id of the experiment a job of `submitter` runs in, creating it for them if it
-        is new; None when it belongs to someone who has not let them write to it."""
-        experiment = self.client.get_experiment_by_name(name)
-        if experiment is None:
-            try:
-                experiment_id = self.client.create_experiment(
-                    name, tags={"mlstack.created_for": submitter})
-                permissions.grant(submitter, "experiment", experiment_id)
-                return experiment_id
-            except MlflowException as exc:
-                # Another worker created it in the meantime: use theirs, as below.
-                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                    raise
-                experiment = self.client.get_experiment_by_name(name)
-        if experiment.tags.get("mlstack.created_for") == submitter:
-            # A worker made it for this user, maybe a moment ago in a race with this one:
-            # its grant may not be in yet, so make sure of it rather than check it.
-            permissions.grant(submitter, "experiment", experiment.experiment_id)
-            return experiment.experiment_id
-        level = permissions.permission(submitter, "experiment", experiment.experiment_id)
-        if level is not None and level not in permissions.CAN_EDIT:
-            return None
-        return experiment.experiment_id
-
-    def _supervise(self, job: Job, timeout_s: int, process: subprocess.Popen) -> tuple[str, str | None]:
+    def _supervise(self, job_id: int, timeout_s: int, lease_s: int,
+                   process: subprocess.Popen) -> tuple[str, str | None]:
         deadline = time.monotonic() + timeout_s
+        renewed = time.monotonic()
+        # Stop the job while the lease certainly still holds by our clock, whatever the
+        # platform's clock says: after that it may already run again elsewhere.
+        lease_margin_s = min(lease_s / 2, 15)
         while True:
             try:
-                code = process.wait(timeout=self.config.heartbeat_s)
+                code = process.wait(timeout=self.timing.heartbeat_s)
             except subprocess.TimeoutExpired:
                 code = None
             if code is not None:
                 return ("succeeded", None) if code == 0 else (
-                    "failed", f"the job process exited with code {code} (see logs/{job.id}.log)")
-            self.config.heartbeat_file.write_text(str(time.time()))
-            current = self.queue.heartbeat(job.id, self.config.name, self.config.lease_s)
-            if current is None:
+                    "failed", f"the job process exited with code {code} (see its log)")
+            self._beat()
+            try:
+                cancel = self.api.heartbeat(job_id)
+                renewed = time.monotonic()
+            except LeaseLost as exc:
                 self._kill(process)
-                return "lost", "the lease was lost (reaped as dead)"
-            if current.cancel_requested:
+                return "lost", str(exc)
+            except Exception as exc:  # noqa: BLE001 - unreachable for now; the lease decides
+                print(f"[worker] heartbeat for job {job_id} failed: {exc}", flush=True)
+                cancel = False
+                if time.monotonic() - renewed > lease_s - lease_margin_s:
+                    self._kill(process)
+                    return "lost", "could not renew the lease: the platform was unreachable"
+            if cancel:
                 self._kill(process)
                 return "cancelled", "cancelled on request"
             if time.monotonic() > deadline:
@@ -180,7 +142,7 @@ class Worker:
 
     def _kill(self, process: subprocess.Popen) -> None:
         """TERM to the job's whole process group, KILL after a grace period."""
-        for sig, wait in ((signal.SIGTERM, self.config.kill_grace_s), (signal.SIGKILL, 30)):
+        for sig, wait in ((signal.SIGTERM, self.timing.kill_grace_s), (signal.SIGKILL, 30)):
             try:
                 os.killpg(process.pid, sig)
             except ProcessLookupError:
@@ -190,17 +152,6 @@ class Worker:
                 return
             except subprocess.TimeoutExpired:
                 continue
-
-    def _terminate_run(self, run_id: str, status: str, reason: str | None) -> None:
-        try:
-            run = self.client.get_run(run_id)
-            if RunStatus.is_terminated(RunStatus.from_string(run.info.status)):
-                return
-            if reason:
-                self.client.set_tag(run_id, "mlstack.failure", reason)
-            self.client.set_terminated(run_id, status)
-        except Exception as exc:  # noqa: BLE001
-            print(f"[worker] could not mark run {run_id} {status}: {exc}", flush=True)
 
 
 def check(heartbeat_file: Path, max_age_s: float) -> int:
@@ -214,7 +165,3 @@ def check(heartbeat_file: Path, max_age_s: float) -> int:
         print(f"last heartbeat {age:.0f}s ago", file=sys.stderr)
         return 1
     return 0
-
-
-def default_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"

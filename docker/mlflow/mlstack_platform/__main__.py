@@ -33,13 +33,19 @@ def log(message: str) -> None:
 def run_secrets(config: PlatformConfig) -> None:
     for name, what in secrets_store.ensure().items():
         log(f"secret {name}: {what}")
-    # The trainer runs users' code: it gets its own two secrets in its own volume, never the
-    # rest (admin password, S3 and PostgreSQL superuser credentials).
+    # The jobs API (trainer-api) gets its two secrets in its own volume, never the rest (admin
+    # password, S3 and PostgreSQL superuser credentials); the workers, which run users' code,
+    # get only their own credential and the CA that certifies the front door's internal name.
     secrets_store.copy(("trainer_db_password", "trainer_mlflow_password"),
                        settings.SECRETS_DIR, settings.TRAINER_SECRETS_DIR)
+    secrets_store.copy(("worker_mlflow_password",), settings.SECRETS_DIR,
+                       settings.WORKER_SECRETS_DIR, mode=0o640)
     source = tls.ensure(settings.TLS_DIR, settings.SECRETS_DIR / "ca", config.hostnames,
                         config.user_tls_cert, config.user_tls_key)
     log(f"TLS certificate for {', '.join(config.hostnames)}: {source}")
+    tls.ensure_internal(settings.TLS_DIR, settings.SECRETS_DIR / "ca", tls.INTERNAL_HOSTNAME)
+    tls.publish_ca(settings.SECRETS_DIR / "ca", settings.WORKER_SECRETS_DIR)
+    log(f"internal certificate for {tls.INTERNAL_HOSTNAME} (jobs and workers): ready")
 
 
 def run_init(config: PlatformConfig) -> None:
@@ -73,10 +79,15 @@ def run_init(config: PlatformConfig) -> None:
     enforce = bool(os.environ.get("MLSTACK_ADMIN_PASSWORD", "").strip())  # set in .env
     state = users.ensure_admin(store, admin, settings.secret("admin_password"), enforce)
     log(f"admin user {admin}: {state}")
-    # An admin, because it creates runs in the experiments of whoever submits a job.
+    # The jobs API's account: an admin, because it mints and deletes job identities and
+    # creates each job's run. Only trainer-api holds its password; it never runs user code.
     service = users.ensure_admin(store, users.TRAINER_ACCOUNT,
                                  settings.secret("trainer_mlflow_password"), enforce=True)
     log(f"service user {users.TRAINER_ACCOUNT}: {service}")
+    # The local workers' account: no grants at all; the jobs API knows it as a worker.
+    worker = users.ensure_plain(store, users.WORKER_ACCOUNT,
+                                settings.secret("worker_mlflow_password"))
+    log(f"worker user {users.WORKER_ACCOUNT}: {worker}")
     log("init complete")
 
 

@@ -86,8 +86,10 @@ class PlatformConfig:
         # MLflow matches the Host header, port included, so each name is listed with and
         # without one. Listing them explicitly also drops MLflow 3.17's default patterns such
         # as `10.*`, which match names like `10.evil.example` (fixed only in 3.18).
-        # "mlflow" is the service name other containers (the trainer) use inside the network.
-        return [p for host in [*self.hostnames, "mlflow"] for p in (host, f"{host}:*")]
+        # "mlflow" is the service name the platform's own services use inside the network;
+        # mlstack.internal is the front door's name on the jobs network (nginx passes it on).
+        return [p for host in [*self.hostnames, "mlflow", "mlstack.internal"]
+                for p in (host, f"{host}:*")]
 
     def origins(self) -> list[str]:
         port = "" if self.https_port == 443 else f":{self.https_port}"

@@ -29,8 +29,10 @@ SECRETS = (
     Secret("postgres_password", None),
     Secret("mlflow_db_password", None),
     Secret("trainer_db_password", None),
-    # The trainer's MLflow service account: creates runs for the jobs it runs.
+    # The jobs API's MLflow admin account: creates each job's run and its job identity.
     Secret("trainer_mlflow_password", None),
+    # The local workers' credential: an MLflow user with no grants (jobs API: claim, finish).
+    Secret("worker_mlflow_password", None),
     Secret("minio_root_user", "MINIO_ROOT_USER", min_length=3, default="mlstack"),
     Secret("minio_root_password", "MINIO_ROOT_PASSWORD", min_length=8),
     Secret("flask_secret_key", "MLFLOW_FLASK_SERVER_SECRET_KEY", min_length=16),
@@ -85,11 +87,14 @@ def ensure(directory: Path = settings.SECRETS_DIR) -> dict[str, str]:
     return {path.name: what for path, _, what in plan}
 
 
-def copy(names: tuple[str, ...], source: Path, target: Path) -> None:
-    """Copy some secrets into another volume (for a service that must not see the rest)."""
+def copy(names: tuple[str, ...], source: Path, target: Path, mode: int = 0o600) -> None:
+    """Copy some secrets into another volume (for a service that must not see the rest).
+    `mode` 0o640 lets the volume's group (10001) read them: the trainer worker runs as root
+    without DAC_OVERRIDE, in that group, and the jobs it starts are in no group of ours."""
     target.mkdir(parents=True, exist_ok=True)
     for name in names:
         value = (source / name).read_text().strip()
         path = target / name
         if not path.exists() or path.read_text().strip() != value:
             write_private(path, value)
+        path.chmod(mode)

@@ -12,6 +12,8 @@ SECRETS_DIR = Path(os.environ.get("MLSTACK_SECRETS_DIR", "/var/lib/mlstack/secre
 TLS_DIR = Path(os.environ.get("MLSTACK_TLS_DIR", "/var/lib/mlstack/tls"))
 TRAINER_SECRETS_DIR = Path(os.environ.get("MLSTACK_TRAINER_SECRETS_DIR",
                                           "/var/lib/mlstack/trainer-secrets"))
+WORKER_SECRETS_DIR = Path(os.environ.get("MLSTACK_WORKER_SECRETS_DIR",
+                                         "/var/lib/mlstack/worker-secrets"))
 
 
 class SettingError(ValueError):

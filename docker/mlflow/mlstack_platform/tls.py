@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -22,6 +23,10 @@ from cryptography.x509.oid import NameOID
 from .secrets_store import write_private
 from .settings import SettingError
 
+# The front door's name on the jobs network (docker-compose.yml gives nginx this alias there):
+# jobs and local workers use it, and trust the platform's CA for it whatever certificate the
+# public names use (a .internal name is never public, ICANN 2024).
+INTERNAL_HOSTNAME = "mlstack.internal"
 CA_DAYS = 3650
 SERVER_DAYS = 397  # browsers reject longer-lived server certificates
 RENEW_BEFORE = dt.timedelta(days=30)
@@ -72,7 +77,7 @@ def _issue_ca(ca_dir: Path) -> None:
     (ca_dir / "ca.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def _issue_server(directory: Path, ca_dir: Path, hosts: list[str]) -> None:
+def _issue_server(directory: Path, ca_dir: Path, hosts: list[str], name: str = "tls") -> None:
     ca_cert = x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())
     ca_key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), None)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -95,22 +100,31 @@ def _issue_server(directory: Path, ca_dir: Path, hosts: list[str]) -> None:
         )
         .sign(ca_key, hashes.SHA256())
     )
-    write_private(directory / "tls.key", _pem_key(key).decode())
+    write_private(directory / f"{name}.key", _pem_key(key).decode())
     # nginx serves the chain: server certificate, then the CA.
     ca_pem = (ca_dir / "ca.crt").read_bytes()
-    (directory / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM) + ca_pem)
-    (directory / "tls.crt").chmod(0o644)
+    (directory / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM) + ca_pem)
+    (directory / f"{name}.crt").chmod(0o644)
+    if name != "tls":
+        return
     # What team members trust (scripts/ca-cert reads it here).
     (directory / "ca.crt").write_bytes(ca_pem)
     (directory / "ca.crt").chmod(0o644)
     (directory / "source").write_text("generated\n")
 
 
-def _server_cert_fits(directory: Path, hosts: list[str]) -> bool:
+def _server_cert_fits(directory: Path, hosts: list[str], name: str = "tls",
+                      ca_dir: Path | None = None) -> bool:
     try:
-        if (directory / "source").read_text().strip() != "generated":
+        if name == "tls" and (directory / "source").read_text().strip() != "generated":
             return False
-        cert = x509.load_pem_x509_certificate((directory / "tls.crt").read_bytes())
+        cert = x509.load_pem_x509_certificate((directory / f"{name}.crt").read_bytes())
+        if ca_dir is not None:  # issued by the CA in use (a restored or new CA re-issues)
+            ca = x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())
+            try:
+                cert.verify_directly_issued_by(ca)
+            except (ValueError, TypeError, InvalidSignature):
+                return False
     except (FileNotFoundError, ValueError):
         return False
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -163,3 +177,26 @@ def ensure(directory: Path, ca_dir: Path, hosts: list[str], user_cert: Path,
         return "kept"
     _issue_server(directory, ca_dir, hosts)
     return "generated"
+
+
+def ensure_internal(directory: Path, ca_dir: Path, hostname: str) -> str:
+    """internal.crt/.key for the front door's name on the jobs network, from the platform's CA
+    (created here when an operator's certificate made none so far)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_dir.mkdir(parents=True, exist_ok=True)
+    if not (ca_dir / "ca.crt").exists() or not (ca_dir / "ca.key").exists():
+        _issue_ca(ca_dir)
+    if _server_cert_fits(directory, [hostname], name="internal", ca_dir=ca_dir):
+        return "kept"
+    _issue_server(directory, ca_dir, [hostname], name="internal")
+    return "generated"
+
+
+def publish_ca(ca_dir: Path, target: Path) -> None:
+    """The CA certificate (never its key) into another service's volume."""
+    target.mkdir(parents=True, exist_ok=True)
+    data = (ca_dir / "ca.crt").read_bytes()
+    path = target / "ca.crt"
+    if not path.exists() or path.read_bytes() != data:
+        path.write_bytes(data)
+        path.chmod(0o644)

@@ -14,7 +14,9 @@ from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore  # noqa: E402
 from .secrets_store import generate
 
 MIN_PASSWORD = 12  # MLflow's own minimum for the admin; applied to everyone here
-TRAINER_ACCOUNT = "mlstack-trainer"  # the trainer workers' MLflow service account
+TRAINER_ACCOUNT = "mlstack-trainer"  # the jobs API's MLflow admin account
+WORKER_ACCOUNT = "mlstack-worker"  # the local trainer workers' credential (no grants)
+SERVICE_ACCOUNTS = (TRAINER_ACCOUNT, WORKER_ACCOUNT)
 
 
 def open_store(auth_db_uri: str) -> SqlAlchemyStore:
@@ -41,6 +43,17 @@ def ensure_admin(store: SqlAlchemyStore, username: str, password: str, enforce: 
     return "kept"
 
 
+def ensure_plain(store: SqlAlchemyStore, username: str, password: str) -> str:
+    """A service user that is not an admin, with its password from the secrets volume."""
+    if not store.has_user(username):
+        store.create_user(username, password, is_admin=False)
+        return "created"
+    if not store.authenticate_user(username, password) or store.get_user(username).is_admin:
+        store.update_user(username, password=password, is_admin=False)
+        return "reset"
+    return "kept"
+
+
 def create(store: SqlAlchemyStore, username: str, password: str | None, admin: bool) -> str:
     """Create a user; returns the password (generated when none is given)."""
     if store.has_user(username):
@@ -63,8 +76,8 @@ def set_password(store: SqlAlchemyStore, username: str, password: str | None) ->
 def delete(store: SqlAlchemyStore, username: str, admin_username: str) -> None:
     if username == admin_username:
         raise ValueError(f"{username!r} is the platform admin (MLSTACK_ADMIN_USERNAME): not deleted")
-    if username == TRAINER_ACCOUNT:
-        raise ValueError(f"{username!r} is the trainer's service account: not deleted")
+    if username in SERVICE_ACCOUNTS:
+        raise ValueError(f"{username!r} is a service account of the trainer: not deleted")
     if not store.has_user(username):
         raise ValueError(f"no user {username!r}")
     store.delete_user(username)
