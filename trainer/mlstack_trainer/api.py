@@ -27,9 +27,10 @@ from pydantic import BaseModel, Field
 from . import code_archive
 from .callers import Authenticator, Caller
 from .mlflow_admin import MlflowAdmin, NotAllowed
-from .queue import FINAL, Job, JobQueue, JobState
+from .queue import Job, JobQueue
 from .settings import API_VERSION, JOB_IDENTITY_PREFIX, LOCAL_WORKER_ACCOUNT, ApiSettings
 from .spec import JobSpec, SpecError, parse
+from .states import FINAL, JobState
 
 PREFIX = "/trainer/api"
 SWEEP_EVERY_S = 10

@@ -17,34 +17,18 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
 from typing import Any, Callable
 
 import psycopg2
 import psycopg2.extras
 
 from .spec import JobSpec
+from .states import FINAL, JobState
 
-
-
-class JobState(str, Enum):
-    """A job's states: the one list (the database's CHECK constraint is built from it)."""
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def final(self) -> bool:
-        return self in FINAL
-
-
-FINAL = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 _STATES_SQL = ", ".join(f"'{s.value}'" for s in JobState)
 
 SCHEMA = """
--- Several workers and the API migrate at start: one at a time.
+-- Each jobs API process migrates at start: one at a time.
 SELECT pg_advisory_xact_lock(424242);
 CREATE TABLE IF NOT EXISTS jobs (
     id               bigserial PRIMARY KEY,
