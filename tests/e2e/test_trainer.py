@@ -109,7 +109,8 @@ def test_digits_job_by_cli_and_by_curl_is_tracked_in_mlflow_and_tensorboard(stac
 
     job = wait_for_job(stack, carol, cli_job)
     run_id = job["mlflow_run_id"]
-    assert job["links"]["mlflow"].endswith(f"/#/experiments/{job['experiment_id']}/runs/{run_id}")
+    assert job["links"]["mlflow"].endswith(
+        f"/#/experiments/{job['experiment_id']}/runs/{run_id}?workflowType=machine_learning")
     # TensorBoard 2.21 filters by the query's runFilter (it ignores one in the fragment).
     assert job["links"]["tensorboard"].endswith(f"/tensorboard/?runFilter={run_id}#timeseries")
 

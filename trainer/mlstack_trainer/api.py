@@ -190,8 +190,9 @@ def create_app(settings: ApiSettings | None = None, queue: JobQueue | None = Non
         links = {}
         if job.mlflow_run_id:
             links = {
+                # workflowType: the UI's model-training view (its default is GenAI's).
                 "mlflow": f"{settings.public_url}/#/experiments/{job.experiment_id}/runs/"
-                          f"{job.mlflow_run_id}",
+                          f"{job.mlflow_run_id}?workflowType=machine_learning",
                 # TensorBoard 2.21 reads the filter from the query, not from the fragment.
                 "tensorboard": f"{settings.public_url}/tensorboard/?runFilter="
                                f"{job.mlflow_run_id}#timeseries",

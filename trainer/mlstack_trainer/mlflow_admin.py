@@ -89,8 +89,11 @@ class MlflowAdmin:
         if experiment is not None:
             return experiment.experiment_id
         try:
-            experiment_id = self.client.create_experiment(
-                name, tags={"mlstack.created_for": submitter})
+            experiment_id = self.client.create_experiment(name, tags={
+                "mlstack.created_for": submitter,
+                # The MLflow UI opens an experiment of this kind in its model-training view,
+                # not the GenAI one (with an assistant that needs an outside LLM).
+                "mlflow.experimentKind": "custom_model_development"})
         except MlflowException as exc:
             if not _exists_error(exc):  # another claim created it a moment ago
                 raise

@@ -21,6 +21,7 @@ import sysconfig
 import tempfile
 import traceback
 import types
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +46,17 @@ def log_keras_model(model, example_input, registered_model_name: str | None):
     import mlflow.keras
     from mlflow.models import Model, infer_signature
 
+    import keras
+
     signature = infer_signature(example_input, model.predict(example_input, verbose=0))
-    return Model.log(artifact_path=None, name="model", flavor=KERAS_FLAVOR, model=model,
-                     signature=signature,
-                     input_example=example_input, registered_model_name=registered_model_name)
+    # MLflow checks the saved example by predicting it: no progress bars in the job's log.
+    keras.config.disable_interactive_logging()
+    try:
+        return Model.log(artifact_path=None, name="model", flavor=KERAS_FLAVOR, model=model,
+                         signature=signature, input_example=example_input,
+                         registered_model_name=registered_model_name)
+    finally:
+        keras.config.enable_interactive_logging()
 
 
 def log_input(dataset, context: str, attempts: int = 5) -> None:
@@ -67,8 +75,27 @@ def log_input(dataset, context: str, attempts: int = 5) -> None:
             time.sleep(0.5 * (attempt + 1))
 
 
+def import_tensorflow_quietly():
+    """TensorFlow 2.21 prints its oneDNN notice at import whatever TF_CPP_MIN_LOG_LEVEL says
+    (tensorflow/tensorflow#100442): unless the spec asks for verbose, the job's log stays the
+    job's. Errors still show: they are Python exceptions, raised after stderr is back."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") == "0" or "tensorflow" in sys.modules:
+        import tensorflow
+        return tensorflow
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    return tensorflow
+
+
 def describe_devices() -> str:
-    import tensorflow as tf
+    tf = import_tensorflow_quietly()
 
     devices = tf.config.list_physical_devices()
     names = [f"{d.device_type}:{d.name.rsplit(':', 1)[-1]}" for d in devices]
@@ -117,6 +144,8 @@ def train_example(spec: JobSpec, tb_dir: str) -> None:
     x_train, x_test, y_train, y_test = train_test_split(
         data.x, data.y, test_size=0.2, random_state=int(params["seed"]))
     train = Dataset(data.name, data.source, x_train, y_train)
+    # Our sources are descriptive names, which MLflow's registry warns it cannot classify.
+    warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
     log_input(mlflow.data.from_numpy(x_train, targets=y_train, name=data.name,
                                      source=data.source), "training")
     log_input(mlflow.data.from_numpy(x_test, targets=y_test, name=data.name,
