@@ -1,19 +1,29 @@
-# Developer and CI entry points. `make test` is the one command that runs every test; it
+# Developer and CI entry points. `make test` is the one command that runs every test, layer by
+# layer (unit, then integration, then end to end), stopping at the first layer that fails; it
 # creates .venv with what the tests need (the stock MLflow client among them) on first use.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+# Slowest tests of each layer, so a slow one is noticed.
+PYTEST := $(PY) -m pytest --durations=10
 
-.PHONY: test unit e2e config clean
+.PHONY: test test-unit test-integration test-e2e lint config clean
 
-test: $(VENV)/.installed config
-	$(PY) -m pytest tests
+test: $(VENV)/.installed config test-unit test-integration test-e2e
 
-unit: $(VENV)/.installed
-	$(PY) -m pytest tests/unit
+test-unit: $(VENV)/.installed
+	$(PYTEST) tests/unit
 
-e2e: $(VENV)/.installed
-	$(PY) -m pytest tests/e2e
+test-integration: $(VENV)/.installed
+	$(PYTEST) tests/integration
+
+test-e2e: $(VENV)/.installed config
+	$(PYTEST) tests/e2e
+
+# ruff for Python, shellcheck for the scripts (both from .venv).
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/shellcheck -S warning scripts/* tests/standins/*.sh tests/standins/*/*.sh .ci/run
 
 # The compose file must parse with no .env at all (a fresh clone).
 config:
@@ -25,4 +35,4 @@ $(VENV)/.installed: tests/requirements.txt docker/mlflow/pyproject.toml trainer/
 	touch $@
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the operator scripts: strict mode, messages, and `compose` run from the repository
 # root so that the project's docker-compose.yml and .env are the ones used wherever the script
 # is called from. COMPOSE_PROJECT_NAME / COMPOSE_FILE from the environment are honoured.
@@ -29,7 +30,7 @@ setting() {
   local name=$1 default=$2 value=""
   if [[ -n ${!name:-} ]]; then printf '%s\n' "${!name}"; return; fi
   if [[ -f $MLSTACK_ROOT/.env ]]; then
-    value=$(sed -n "s/^[[:space:]]*$name[[:space:]]*=[[:space:]]*//p" "$MLSTACK_ROOT/.env" | tail -n 1)
+    value=$(sed -n "s/^[[:space:]]*${name}[[:space:]]*=[[:space:]]*//p" "$MLSTACK_ROOT/.env" | tail -n 1)
     value=${value%\"}; value=${value#\"}; value=${value%\'}; value=${value#\'}
   fi
   printf '%s\n' "${value:-$default}"
@@ -49,9 +50,11 @@ confirm() {
 project_name() { compose config 2>/dev/null | sed -n 's/^name: *//p' | head -n 1; }
 
 # The volumes that hold the platform's state (`docker compose down -v` would delete them).
+# shellcheck disable=SC2034 # used by the scripts that source this file
 STATE_VOLUMES=(postgres-data minio-data secrets tls trainer-secrets worker-secrets tb-logs job-logs)
 
 # The databases a backup holds, each with the role that owns it (created by init).
+# shellcheck disable=SC2034 # used by the scripts that source this file
 DATABASES=(mlflow:mlflow mlflow_auth:mlflow trainer:trainer)
 
 # on_job_files COMMAND ARGS...: runs in a one-off trainer container with the shared job volumes

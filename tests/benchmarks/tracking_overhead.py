@@ -3,10 +3,10 @@
 Trains the same Keras model the same way twice, alternating, several times: once with no
 callbacks, once as a job does (runtime.tracking_callbacks: mlflow.keras.MlflowCallback
 logging every epoch to a real MLflow server, plus Keras' TensorBoard callback writing event
-files), and prints the median
-time per epoch of each, and the median of the paired ratios (each tracked fit against the
-untracked fit just before it, which cancels slow drifts of a shared machine). The digits example's epochs are tiny (~1,400 images),
-so the same model is also timed on digits repeated 20 times, closer to a real epoch.
+files), and prints the median time per epoch of each, and the median of the paired ratios (each
+tracked fit against the untracked fit just before it, which cancels slow drifts of a shared
+machine). The digits example's epochs are tiny (~1,400 images), so the same model is also timed
+on digits repeated 20 times, closer to a real epoch.
 
     .venv/bin/python -m tests.benchmarks.tracking_overhead [EPOCHS] [REPEATS]
 """
@@ -65,7 +65,7 @@ def main(epochs: int, repeats: int) -> None:
                 plain.append(per_epoch(data, epochs, False, Path(tmp)))
                 tracked.append(per_epoch(data, epochs, True, Path(tmp, f"tb{i}")))
             p, t = statistics.median(plain), statistics.median(tracked)
-            paired = statistics.median(b / a for a, b in zip(plain, tracked))
+            paired = statistics.median(b / a for a, b in zip(plain, tracked, strict=True))
             print(f"{label:<30} no callbacks {p * 1000:8.1f} ms/epoch   tracked "
                   f"{t * 1000:8.1f} ms/epoch   overhead {(t - p) * 1000:6.1f} ms/epoch "
                   f"({(t / p - 1) * 100:+.1f} %; paired median {(paired - 1) * 100:+.1f} %, "

@@ -1,3 +1,8 @@
+"""The e2e layer's stacks. Most modules share one stack (the `stack` fixture); a few bring up
+stacks of their own (operations, upgrade). On a 2-core machine two stacks at once slow both
+down, so the modules on the shared stack run first, the shared stack is taken down as soon as
+no remaining test needs it, and the others follow."""
+
 from __future__ import annotations
 
 import os
@@ -10,12 +15,20 @@ import pytest
 from .stack import Stack
 
 _failed = False
+_shared: dict[str, object] = {}  # "stack" and its "lifecycle" generator while it is up
+
+
+def _uses_shared(item) -> bool:
+    return "stack" in item.fixturenames
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
         if "/e2e/" in str(item.fspath):
             item.add_marker(pytest.mark.e2e)
+    # Whole modules move, in their own order (module fixtures stay contiguous).
+    shared_modules = {item.module.__name__ for item in items if _uses_shared(item)}
+    items.sort(key=lambda item: item.module.__name__ not in shared_modules)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -26,10 +39,26 @@ def pytest_runtest_makereport(item, call):
         _failed = True
 
 
+def pytest_runtest_teardown(item, nextitem):
+    if "lifecycle" in _shared and (nextitem is None or not any(
+            _uses_shared(later) for later in item.session.items[
+                item.session.items.index(nextitem):])):
+        _take_down_shared()
+
+
+def _take_down_shared() -> None:
+    lifecycle = _shared.pop("lifecycle", None)
+    _shared.pop("stack", None)
+    if lifecycle is not None:
+        for _ in lifecycle:  # runs `running`'s cleanup: diagnostics on failure, then down
+            pass
+
+
 @pytest.fixture(scope="session")
 def stack():
-    """The real platform, brought up from docker-compose.yml once for all e2e tests and always
-    torn down with its volumes. On any failure every service's state and logs are printed.
+    """The real platform, brought up from docker-compose.yml once for all e2e tests that share
+    it and always torn down with its volumes. On any failure every service's state and logs
+    are printed.
 
     For a quick loop while developing, MLSTACK_E2E_ATTACH=PROJECT:HTTPS_PORT:HTTP_PORT runs the
     tests against a stack you brought up yourself with those settings (and the ones in
@@ -42,7 +71,12 @@ def stack():
         s.ca_file.write_text(s.script("ca-cert").stdout)
         yield s
         return
-    yield from running(Stack(project=f"mlstack-e2e-{os.getpid()}"))
+    lifecycle = running(Stack(project=f"mlstack-e2e-{os.getpid()}"))
+    _shared.update(lifecycle=lifecycle, stack=next(lifecycle))
+    try:
+        yield _shared["stack"]
+    finally:
+        _take_down_shared()
 
 
 def running(s: Stack):

@@ -80,8 +80,9 @@ def break_while_logging(stack: Stack, user, tmp_path: Path, fault) -> None:
     assert run["run"]["info"]["status"] == "FINISHED"
 
 
-@pytest.mark.parametrize("service", ["postgres", "minio", "mlflow", "nginx", "tensorboard",
-                                     "trainer", "trainer-api", "janitor"])
+# What a logging client goes through: nginx, MLflow, and MLflow's two stores. (TensorBoard, the
+# trainer and the janitor are not on its path; their restarts are covered where they matter.)
+@pytest.mark.parametrize("service", ["postgres", "minio", "mlflow", "nginx"])
 def test_restarting_a_service_loses_no_acknowledged_write(stack: Stack, grace, tmp_path,
                                                           service):
     break_while_logging(stack, grace, tmp_path,

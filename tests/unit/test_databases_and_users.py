@@ -12,6 +12,7 @@ from mlstack_platform import databases, users
 from mlstack_platform.databases import Server
 from mlstack_platform.waiting import DependencyUnavailable
 
+
 def test_roles_and_databases_are_created_once_and_kept(postgres):
     assert databases.ensure_role(postgres, "mlflow", "first-password-123") == "created"
     assert databases.ensure_database(postgres, "mlflow", "mlflow") == "created"

@@ -5,7 +5,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from cryptography.x509.verification import PolicyBuilder, Store
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from mlstack_platform import tls
 from mlstack_platform.settings import SettingError
@@ -30,7 +30,7 @@ def test_generated_certificate_is_trusted_through_the_ca_for_every_host(dirs):
     assert tls.ensure(tls_dir, ca_dir, ["localhost", "127.0.0.1", "ml.example"], cert, key) == "generated"
     for host in ("localhost", "127.0.0.1", "ml.example"):
         verify(tls_dir, ca_dir, host)
-    with pytest.raises(Exception):
+    with pytest.raises(VerificationError):
         verify(tls_dir, ca_dir, "other.example")
     # The CA's key stays with the secrets; nginx's volume holds no CA key.
     assert (ca_dir / "ca.key").exists() and not (tls_dir / "ca.key").exists()
@@ -57,7 +57,7 @@ def test_new_host_names_reissue_from_the_same_ca(dirs):
 def self_signed(tmp_path, name="ml.example", days=30):
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
             .public_key(key.public_key()).serial_number(1)
             .not_valid_before(now - dt.timedelta(days=2)).not_valid_after(now + dt.timedelta(days=days))

@@ -3,8 +3,9 @@ they run anywhere without a download (`keras.datasets` would fetch from the inte
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -15,9 +15,10 @@ gets the same bytes and a backup of the database holds everything needed to run 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 import psycopg2
 import psycopg2.extras
@@ -77,7 +78,7 @@ CREATE TABLE IF NOT EXISTS worker_instances (
     last_seen timestamptz NOT NULL DEFAULT now(),
     job_id    bigint
 );
-""" % {"states": _STATES_SQL}
+""".replace("%(states)s", _STATES_SQL)
 
 
 @dataclass(frozen=True)

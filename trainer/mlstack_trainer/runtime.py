@@ -43,10 +43,8 @@ KERAS_FLAVOR = types.SimpleNamespace(__name__="mlflow.keras", save_model=_save_k
 
 
 def log_keras_model(model, example_input, registered_model_name: str | None):
-    import mlflow.keras
-    from mlflow.models import Model, infer_signature
-
     import keras
+    from mlflow.models import Model, infer_signature
 
     signature = infer_signature(example_input, model.predict(example_input, verbose=0))
     # MLflow checks the saved example by predicting it: no progress bars in the job's log.

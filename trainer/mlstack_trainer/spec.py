@@ -30,9 +30,19 @@ from pathlib import PurePosixPath
 from typing import Annotated, Any
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
-                      PlainSerializer, PlainValidator, StringConstraints, ValidationError,
-                      WithJsonSchema, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    StringConstraints,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 
 EXAMPLES = ("digits-cnn", "breast-cancer-mlp", "diabetes-mlp")
 MAX_TIMEOUT_S = 7 * 24 * 3600

@@ -32,5 +32,6 @@ def ensure(s3, name: str, timeout_s: float) -> str:
         f"the S3 store at {s3.meta.endpoint_url}", attempt, timeout_s,
         "Check `docker compose logs minio`.",
         fatal=lambda exc: isinstance(exc, ClientError)
-        and exc.response.get("Error", {}).get("Code") in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "403"),
+        and exc.response.get("Error", {}).get("Code")
+        in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "403"),
     )

@@ -3,8 +3,9 @@
 If the operator supplies a certificate and key (TLS_CERT_FILE / TLS_KEY_FILE in `.env`), they
 are checked and used as they are. Otherwise a private CA is generated once and kept, and it signs
 a server certificate for the configured host names; team members trust the CA file
-(`scripts/ca-cert`); the CA's key never leaves the secrets volume. The server certificate is re-issued from the same CA when the host names
-change or it nears expiry, so the CA file users already hold stays valid.
+(`scripts/ca-cert`); the CA's key never leaves the secrets volume. The server certificate is
+re-issued from the same CA when the host names change or it nears expiry, so the CA file users
+already hold stays valid. The same CA certifies the front door's internal name for jobs.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ RENEW_BEFORE = dt.timedelta(days=30)
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _san(hosts: list[str]) -> x509.SubjectAlternativeName:
@@ -153,7 +154,8 @@ def _install_user_cert(directory: Path, cert_file: Path, key_file: Path) -> None
     ):
         raise SettingError("TLS_KEY_FILE does not belong to the certificate in TLS_CERT_FILE")
     if certs[0].not_valid_after_utc < _now():
-        raise SettingError(f"TLS_CERT_FILE: the certificate expired on {certs[0].not_valid_after_utc:%Y-%m-%d}")
+        raise SettingError("TLS_CERT_FILE: the certificate expired on "
+                           f"{certs[0].not_valid_after_utc:%Y-%m-%d}")
     write_private(directory / "tls.key", _pem_key(key).decode())  # type: ignore[arg-type]
     shutil.copyfile(cert_file, directory / "tls.crt")
     (directory / "tls.crt").chmod(0o644)

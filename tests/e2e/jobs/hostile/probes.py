@@ -54,7 +54,8 @@ def main(params, tb_dir):
         "worker credential": attempt(lambda: read("/var/lib/mlstack/worker-secrets/worker_mlflow_password")),
         "worker secrets folder": attempt(lambda: listing("/var/lib/mlstack/worker-secrets")),
         "platform secrets": attempt(lambda: read("/var/lib/mlstack/secrets/admin_password")),
-        "trainer-api secrets": attempt(lambda: read("/var/lib/mlstack/trainer-secrets/trainer_mlflow_password")),
+        "trainer-api secrets": attempt(
+            lambda: read("/var/lib/mlstack/trainer-secrets/trainer_mlflow_password")),
         # Other processes' environments (the worker's is root's; other jobs have other uids).
         "foreign environ": [attempt(lambda p=p: read(p)) for p in glob.glob("/proc/[0-9]*/environ")
                             if not p.startswith(f"/proc/{os.getpid()}/")
