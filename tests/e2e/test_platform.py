@@ -265,8 +265,9 @@ def test_a_browser_logs_in_once_and_sees_mlflow_and_tensorboard(stack: Stack, al
     """A real browser (Chromium, via Playwright) answering the login prompt as a person does.
     Runs after the tests above, which created alice's experiment and the TensorBoard run."""
     image = "mlstack-test/browser:dev"
-    subprocess.run(["docker", "build", "-q", "--build-arg",
-                    f"PYTHON_IMAGE={os.environ.get('PYTHON_IMAGE', 'python:3.11.10-slim-bookworm')}",
+    base = stack.compose("config", "--format", "json").stdout
+    python_image = json.loads(base)["services"]["mlflow"]["build"]["args"]["PYTHON_IMAGE"]
+    subprocess.run(["docker", "build", "-q", "--build-arg", f"PYTHON_IMAGE={python_image}",
                     "-t", image, str(HERE / "browser")], check=True, capture_output=True)
     shots = stack.workdir / "screenshots"
     shots.mkdir(exist_ok=True)
