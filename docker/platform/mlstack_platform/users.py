@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import warnings
 
+from .secrets_store import generate
+
 # Importing the auth store imports MLflow's server, whose FastAPI module warns about a
 # Starlette deprecation that is MLflow's to fix; keep it out of operators' terminals.
 warnings.filterwarnings("ignore", message="starlette.middleware.wsgi is deprecated")
 
 from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore  # noqa: E402
-
-from .secrets_store import generate
 
 MIN_PASSWORD = 12  # MLflow's own minimum for the admin; applied to everyone here
 TRAINER_ACCOUNT = "mlstack-trainer"  # the jobs API's MLflow admin account
