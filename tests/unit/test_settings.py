@@ -42,3 +42,20 @@ def test_hostnames_accept_spaces_and_commas(monkeypatch):
 def test_a_missing_secret_says_which_service_must_run_first(secrets_dir):
     with pytest.raises(SettingError, match="init-secrets"):
         settings.secret("admin_password")
+
+
+def test_host_names_reach_nginx_and_the_jobs_api_as_parsed_once(monkeypatch, tmp_path):
+    from mlstack_platform.__main__ import publish_names
+
+    monkeypatch.setenv("MLSTACK_HOSTNAMES", " ml.example.com,  localhost ,10.0.0.5")
+    monkeypatch.setenv("MLSTACK_HTTPS_PORT", "8443")
+    monkeypatch.setattr(settings, "TLS_DIR", tmp_path / "tls")
+    monkeypatch.setattr(settings, "TRAINER_SECRETS_DIR", tmp_path / "trainer")
+    (tmp_path / "tls").mkdir()
+    (tmp_path / "trainer").mkdir()
+    publish_names(PlatformConfig.from_env())
+    # No comma, no stray space in nginx's server_name.
+    assert (tmp_path / "tls" / "server_names.conf").read_text() == \
+        "server_name ml.example.com localhost 10.0.0.5;\n"
+    assert (tmp_path / "trainer" / "public_origins").read_text().split() == [
+        "https://ml.example.com:8443", "https://localhost:8443", "https://10.0.0.5:8443"]

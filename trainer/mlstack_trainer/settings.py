@@ -6,7 +6,6 @@ worker credential). Neither sees the other's secrets: each service mounts its ow
 from __future__ import annotations
 
 import os
-import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,17 +49,6 @@ def secret(directory: Path, name: str) -> str:
                            "(see docker compose logs init-secrets)")
 
 
-def hostnames() -> list[str]:
-    """MLSTACK_HOSTNAMES, space- or comma-separated (the platform image validates them)."""
-    return [h for h in re.split(r"[\s,]+", env("MLSTACK_HOSTNAMES", "localhost")) if h]
-
-
-def public_origins() -> list[str]:
-    port = env("MLSTACK_HTTPS_PORT", "443")
-    suffix = "" if port == "443" else f":{port}"
-    return [f"https://{host}{suffix}" for host in hostnames()]
-
-
 @dataclass(frozen=True)
 class ApiSettings:
     mlflow_uri: str
@@ -76,7 +64,9 @@ class ApiSettings:
 
     @classmethod
     def from_env(cls) -> ApiSettings:
-        origins = public_origins()
+        secrets_dir = Path(env("MLSTACK_TRAINER_SECRETS_DIR", "/var/lib/mlstack/trainer-secrets"))
+        # Written by init-secrets from MLSTACK_HOSTNAMES and MLSTACK_HTTPS_PORT: one parser.
+        origins = secret(secrets_dir, "public_origins").split()
         return cls(
             mlflow_uri=env("MLSTACK_MLFLOW_URL", "http://mlflow:5000"),
             db_host=env("POSTGRES_HOST", "postgres"),
@@ -87,8 +77,7 @@ class ApiSettings:
             lease_s=integer("TRAINER_LEASE_SECONDS", 60, 10),
             max_code_bytes=integer("TRAINER_MAX_CODE_MB", 50, 1) * 1024 * 1024,
             identity_cache_s=integer("TRAINER_IDENTITY_CACHE_SECONDS", 10, 0),
-            secrets_dir=Path(env("MLSTACK_TRAINER_SECRETS_DIR",
-                                 "/var/lib/mlstack/trainer-secrets")),
+            secrets_dir=secrets_dir,
         )
 
     def connect(self):

@@ -44,8 +44,21 @@ def run_secrets(config: PlatformConfig) -> None:
                         config.user_tls_cert, config.user_tls_key)
     log(f"TLS certificate for {', '.join(config.hostnames)}: {source}")
     tls.ensure_internal(settings.TLS_DIR, settings.SECRETS_DIR / "ca", tls.INTERNAL_HOSTNAME)
+    publish_names(config)
     tls.publish_ca(settings.SECRETS_DIR / "ca", settings.WORKER_SECRETS_DIR)
     log(f"internal certificate for {tls.INTERNAL_HOSTNAME} (jobs and workers): ready")
+
+
+def publish_names(config: PlatformConfig) -> None:
+    """The host names as parsed here, for the services that must agree on them: nginx's
+    server_name (a comma or stray space in MLSTACK_HOSTNAMES never reaches nginx) and the jobs
+    API's public origins (the links it hands out, the Origins it accepts)."""
+    server_names = settings.TLS_DIR / "server_names.conf"
+    server_names.write_text(f"server_name {' '.join(config.hostnames)};\n")
+    server_names.chmod(0o644)
+    origins = settings.TRAINER_SECRETS_DIR / "public_origins"
+    origins.write_text("".join(f"{origin}\n" for origin in config.origins()))
+    origins.chmod(0o644)
 
 
 def run_init(config: PlatformConfig) -> None:
