@@ -10,14 +10,31 @@ info() { printf '%s\n' "$*" >&2; }
 warn() { printf 'warning: %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-compose() { (cd "$MLSTACK_ROOT" && docker compose "$@"); }
+# Preconditions, checked before a script changes anything: what to install, said plainly.
+((BASH_VERSINFO[0] >= 4)) || die "bash 4 or newer is needed (this is $BASH_VERSION)"
+TOOLS_CHECKED=""
+require_tools() {
+  [[ -n $TOOLS_CHECKED ]] && return 0
+  command -v docker >/dev/null || die "docker is not installed: install Docker Engine 20.10 or newer"
+  docker info >/dev/null 2>&1 || die "the Docker engine does not answer: start it, or run as a user in the docker group"
+  local version
+  version=$(docker compose version --short 2>/dev/null) \
+    || die "Docker Compose v2 is not installed: install the docker-compose-plugin (2.17 or newer)"
+  version=${version#v}
+  # depends_on.restart (nginx follows a new certificate) needs Compose 2.17.
+  printf '2.17.0\n%s\n' "$version" | sort -V -C \
+    || die "Docker Compose $version is too old: 2.17 or newer is needed"
+  TOOLS_CHECKED=1
+}
+
+compose() { require_tools; (cd "$MLSTACK_ROOT" && docker compose "$@"); }
 
 # usage_from_header FILE: print the comment block at the top of FILE (its --help text).
 usage_from_header() { sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$1"; }
 
 want_help() { for arg in "$@"; do [[ $arg == -h || $arg == --help ]] && return 0; done; return 1; }
 
-running() { [[ -n $(compose ps --status running -q "$1" 2>/dev/null) ]]; } # SERVICE
+running() { require_tools; [[ -n $(compose ps --status running -q "$1" 2>/dev/null) ]]; } # SERVICE
 
 require_running() { # SERVICE
   running "$1" \
