@@ -47,3 +47,23 @@ def test_restore_checks_a_folder_is_a_complete_backup(tmp_path):
     result = run("restore", str(tmp_path))
     assert result.returncode == 1 and "not a complete backup: mlflow.pgdump is missing" \
         in result.stderr
+
+
+@pytest.mark.parametrize("fake_docker, message", [
+    (None, "docker is not installed"),
+    ("#!/bin/sh\nexit 1\n", "the Docker engine does not answer"),
+    ('#!/bin/sh\n[ "$1 $2" = "compose version" ] && { echo v2.12.2; exit 0; }\nexit 0\n',
+     "Docker Compose 2.12.2 is too old: 2.17 or newer is needed"),
+])
+def test_a_missing_or_old_tool_is_named_before_anything_runs(tmp_path, fake_docker, message):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("dirname", "sed", "sort", "head", "cat", "cut", "tail"):
+        (bin_dir / tool).symlink_to(subprocess.run(["sh", "-c", f"command -v {tool}"],
+                                                   capture_output=True, text=True).stdout.strip())
+    if fake_docker:
+        (bin_dir / "docker").write_text(fake_docker)
+        (bin_dir / "docker").chmod(0o755)
+    result = subprocess.run(["/bin/bash", str(SCRIPTS / "status")], capture_output=True,
+                            text=True, timeout=30, env={"PATH": str(bin_dir)})
+    assert result.returncode == 1 and message in result.stderr, result.stderr
