@@ -1,17 +1,21 @@
-"""A real MLflow server on a free local port (sqlite, artifact proxy), for the trainer's
-integration tests and benchmarks: what the trainer talks to inside the stack, minus auth."""
+"""A real MLflow server on a free local port (sqlite, artifact proxy), for the trainer's tests and
+benchmarks: what the trainer talks to inside the stack. Without `admin` it runs without auth;
+with `admin` (user name, password) it runs MLflow's basic-auth app as the platform does
+(docker/platform/mlstack_platform/server.py): nobody may read or write anything without a grant,
+and `admin` is the one admin."""
 
 from __future__ import annotations
 
+import configparser
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 
 def free_port() -> int:
@@ -20,15 +24,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _auth_env(root: Path, admin: tuple[str, str]) -> dict[str, str]:
+    """The basic-auth app's settings: an ini file, the Flask secret and the first admin."""
+    username, password = admin
+    ini = configparser.ConfigParser()
+    ini["mlflow"] = {
+        "default_permission": "NO_PERMISSIONS",
+        "database_uri": f"sqlite:///{root}/auth.db",
+        "admin_username": username,
+        "admin_password": password,
+        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+        # As on the platform: a repeated credential costs no password hash (deleting a user
+        # through the API still takes effect at once with the one worker here).
+        "auth_cache_ttl_seconds": "60",
+    }
+    path = root / "basic_auth.ini"
+    with open(path, "w") as f:
+        ini.write(f)
+    return {"MLFLOW_AUTH_CONFIG_PATH": str(path),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": "tests-only-flask-secret-key",
+            "MLFLOW_AUTH_ADMIN_USERNAME": username, "MLFLOW_AUTH_ADMIN_PASSWORD": password}
+
+
 @contextmanager
-def mlflow_server(root: Path) -> Iterator[str]:
+def mlflow_server(root: Path, admin: tuple[str, str] | None = None) -> Iterator[str]:
+    """The server's URI while the block runs; its log is root/server.log."""
     port = free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # The caller's own client settings are not the server's.
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        env.pop(name, None)
+    auth_args: list[str] = []
+    if admin:
+        env.update(_auth_env(root, admin))
+        auth_args = ["--app-name", "basic-auth"]
+    log = open(root / "server.log", "wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+        [sys.executable, "-m", "mlflow", "server", *auth_args, "--backend-store-uri",
          f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts"),
          "--serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env=env, stdout=log, stderr=subprocess.STDOUT)
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -38,9 +74,11 @@ def mlflow_server(root: Path) -> Iterator[str]:
                 break
             except OSError:
                 if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError(f"the MLflow server on {uri} did not start")
+                    tail = (root / "server.log").read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"the MLflow server on {uri} did not start:\n{tail}")
                 time.sleep(0.5)
         yield uri
     finally:
         server.terminate()
         server.wait(timeout=30)
+        log.close()
