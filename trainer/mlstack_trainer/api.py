@@ -342,11 +342,12 @@ def create_app(settings: ApiSettings | None = None, queue: JobQueue | None = Non
             started = admin.start(identity, job.submitter, submitter_is_admin,
                                   spec["experiment"], spec.get("register_model"), job.name,
                                   _run_tags(job, worker_name, image))
-        except NotAllowed as exc:
-            failed = queue.finish(job.id, worker_name, JobState.FAILED.value, str(exc))
+        except Exception as exc:  # noqa: BLE001 - rights, a deleted experiment, MLflow down
+            reason = str(exc) if isinstance(exc, NotAllowed) else f"could not start: {exc}"
+            failed = queue.finish(job.id, worker_name, JobState.FAILED.value, reason)
             if failed:
-                _wrap_up(failed)
-            raise ApiError(409, f"job {job.id} cannot run: {exc}")
+                _wrap_up(failed)  # deletes the identity if it was created
+            raise ApiError(409, f"job {job.id} cannot run: {reason}")
         queue.set_started(job.id, worker_name, started.run_id, started.experiment_id)
         tb_dir = f"{started.experiment_id}/{_safe(job.name)}-{started.run_id}"
         admin.set_tag(started.run_id, "mlstack.tensorboard_url",
@@ -415,8 +416,9 @@ def create_app(settings: ApiSettings | None = None, queue: JobQueue | None = Non
             return
         try:
             for job in queue.reap_expired():
-                if job.state == JobState.FAILED and job.mlflow_run_id:
-                    _wrap_up(job)
+                # Requeued or failed, the dead worker's attempt is over: its run ends FAILED
+                # (a retry gets a run of its own) and its identity goes.
+                _wrap_up(job)
             _delete_identities()
         finally:
             sweep_lock.release()

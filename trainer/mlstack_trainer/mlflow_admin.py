@@ -65,6 +65,9 @@ class MlflowAdmin:
         if is_admin:
             return
         found = self.client.get_experiment_by_name(experiment)
+        if found is not None and found.lifecycle_stage == "deleted":
+            raise NotAllowed(f"experiment {experiment!r} is deleted: restore it in MLflow, or "
+                             "choose another name")
         if found is not None and not self._may_write(username, "experiment", found.experiment_id):
             raise NotAllowed(f"{username} may not write to experiment {experiment!r} (EDIT is "
                              "needed): ask its owner to grant it, or choose another experiment")

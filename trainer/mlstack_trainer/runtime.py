@@ -277,13 +277,14 @@ def run_project(spec: JobSpec, run_id: str) -> None:
 
 def set_mixed_precision(spec: JobSpec) -> None:
     """Keras' global dtype policy: float16 compute, float32 variables (the models keep their
-    outputs float32). It lives in this process, so an MLflow Project's command (a process of
-    its own) must set it itself; the tag says which happened."""
+    outputs float32). It lives in this process, so a script or an MLflow Project's command (a
+    process of its own) must set it itself; the tag says which happened."""
     import keras
 
-    if spec.entrypoint.kind == "project":
-        mlflow.set_tag("mlstack.precision", "float32 (mixed_precision is not applied to project: "
-                                            "entrypoints; set the Keras policy in the project)")
+    if spec.entrypoint.kind in ("project", "script"):
+        kind = spec.entrypoint.kind
+        mlflow.set_tag("mlstack.precision", f"float32 (mixed_precision is not applied to {kind}: "
+                                            f"entrypoints; set the Keras policy in the {kind})")
         return
     keras.mixed_precision.set_global_policy("mixed_float16")
     mlflow.set_tag("mlstack.precision", "mixed_float16")

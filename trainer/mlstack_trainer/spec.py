@@ -284,7 +284,8 @@ class JobSpec(BaseModel):
         default_factory=Resources, description="GPUs and time limit.")
     mixed_precision: bool = Field(
         False, description="Train with Keras' mixed_float16 policy (float16 compute on GPUs); "
-        "not applied to project: entrypoints, which set it themselves.")
+        "not applied to script: and project: entrypoints (processes of their own), which set it "
+        "themselves.")
     verbose: bool = Field(
         False, description="Keep TensorFlow's start-up messages (CUDA, XLA, oneDNN notices) in "
         "the job's log; when false the trainer turns them down.")
