@@ -220,6 +220,41 @@ def test_code_over_the_limit_is_refused(api, size):
     assert api.get(JOBS, auth=ALICE).json()["jobs"] == []
 
 
+def test_a_chunked_body_is_counted_as_it_arrives(api):
+    # No Content-Length to check up front: the API stops reading past the limit.
+    def chunks():
+        yield SCRIPT.format(experiment="alice-chunked").encode()
+        for _ in range(3):
+            yield b"#" * (1 << 20) + b"\n"
+    r = api.post(JOBS, content=chunks(), auth=ALICE, headers={"Content-Type": "application/yaml"})
+    assert r.status_code == 413 and "over 1 MB" in r.json()["error"]
+    assert api.get(JOBS, auth=ALICE).json()["jobs"] == []
+
+
+def test_a_gzip_bomb_is_refused_before_it_is_inflated(api):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.addfile(tarfile.TarInfo("train.py"), io.BytesIO(b""))
+        zeros = tarfile.TarInfo("zeros.bin")
+        zeros.size = 64 << 20  # 64 MB of zeros, 64 KB compressed: over 10x the limit
+
+        class Zeros(io.RawIOBase):
+            left = zeros.size
+
+            def readable(self):
+                return True
+
+            def readinto(self, b):
+                n = min(len(b), self.left)
+                b[:n] = bytes(n)
+                self.left -= n
+                return n
+        tar.addfile(zeros, io.BufferedReader(Zeros(), 1 << 20))
+    assert len(buffer.getvalue()) < MAX_CODE_BYTES
+    r = submit(api, ALICE, SCRIPT.format(experiment="alice-bomb"), buffer.getvalue())
+    assert r.status_code == 400 and "unpacks to more than" in r.json()["problems"][0]
+
+
 def test_a_post_from_a_foreign_origin_creates_no_job(api):
     spec = EXAMPLE.format(experiment="alice-e")
     r = api.post(JOBS, content=spec, auth=ALICE,

@@ -242,14 +242,18 @@ def create_app(settings: ApiSettings | None = None, queue: JobQueue | None = Non
     async def submit(request: Request, who: User):
         """Queue a job: a YAML/JSON spec as the body, or multipart parts `spec` and `code`."""
         spec_text, code, source = await _read_submission(request, settings.max_code_bytes)
+        # Parsing and reading the archive are CPU work: off the event loop, so one upload
+        # never stalls everyone else's requests.
         try:
-            spec = parse(spec_text)
+            spec = await run_in_threadpool(parse, spec_text)
         except SpecError as exc:
             raise ApiError(400, "invalid job spec", exc.problems)
         if code is not None:
             try:
-                code_archive.check_entrypoint(code_archive.member_names(code),
-                                              spec.entrypoint.kind, spec.entrypoint.target)
+                names = await run_in_threadpool(code_archive.member_names, code,
+                                                10 * settings.max_code_bytes)
+                code_archive.check_entrypoint(names, spec.entrypoint.kind,
+                                              spec.entrypoint.target)
             except code_archive.ArchiveError as exc:
                 raise ApiError(400, "invalid job", [str(exc)])
         elif spec.entrypoint.kind == "script":
@@ -453,16 +457,22 @@ async def _read_submission(request: Request, max_code_bytes: int
     import json
 
     content_type = request.headers.get("content-type", "")
-    length = int(request.headers.get("content-length") or 0)
-    if length > max_code_bytes + (1 << 20):
-        raise ApiError(413, f"the upload is {length / 2**20:.1f} MB, over the limit of "
-                            f"{max_code_bytes / 2**20:.0f} MB (TRAINER_MAX_CODE_MB on the "
-                            "platform): leave data and checkpoints out of the code folder")
-    if not content_type.startswith("multipart/form-data"):
-        body = await request.body()
-        if len(body) > 1 << 20:
-            raise ApiError(413, "the spec is over 1 MB")
-        return body.decode("utf-8", errors="replace"), None, None
+    multipart = content_type.startswith("multipart/form-data")
+    limit = max_code_bytes + (1 << 20) if multipart else 1 << 20
+    too_large = ApiError(413, f"the upload is over the limit of {max_code_bytes / 2**20:.0f} MB "
+                              "(TRAINER_MAX_CODE_MB on the platform): leave data and checkpoints "
+                              "out of the code folder" if multipart else "the spec is over 1 MB")
+    if int(request.headers.get("content-length") or 0) > limit:
+        raise too_large
+    # Counted as it arrives: a chunked body has no Content-Length to check first.
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    request._body = bytes(body)  # what request.form() parses (Starlette caches the body here)
+    if not multipart:
+        return request._body.decode("utf-8", errors="replace"), None, None
     form = await request.form(max_files=2, max_fields=4)
     unknown = set(form.keys()) - {"spec", "code", "source"}
     if unknown:

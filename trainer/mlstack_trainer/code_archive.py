@@ -29,12 +29,26 @@ def _relative(member: tarfile.TarInfo) -> PurePosixPath:
     return PurePosixPath(*[p for p in path.parts if p != "."])
 
 
-def member_names(data: bytes) -> set[str]:
-    """The regular files in the archive (normalised relative paths); raises ArchiveError."""
+MAX_MEMBERS = 100_000
+
+
+def member_names(data: bytes, max_unpacked: int = 1 << 30) -> set[str]:
+    """The regular files in the archive (normalised relative paths); raises ArchiveError.
+    Stops at the first header that takes the unpacked size past `max_unpacked`, before
+    inflating its data (a small gzip can hold gigabytes of zeros)."""
+    names: set[str] = set()
+    unpacked = 0
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            return {str(_relative(m)) for m in tar.getmembers() if _relative(m).parts
-                    and m.isfile()}
+            for member in tar:
+                relative = _relative(member)
+                unpacked += member.size
+                if unpacked > max_unpacked or len(names) >= MAX_MEMBERS:
+                    raise ArchiveError(f"code: unpacks to more than {max_unpacked >> 20} MB or "
+                                       f"{MAX_MEMBERS} files; leave data out of the code folder")
+                if relative.parts and member.isfile():
+                    names.add(str(relative))
+            return names
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ArchiveError(f"code: not a gzip-compressed tar archive ({exc}); create it with "
                            "`tar -czf code.tar.gz -C DIR .` or `mlstack submit --code DIR`")

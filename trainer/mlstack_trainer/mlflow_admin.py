@@ -13,7 +13,9 @@ credentials from the environment (ApiSettings.use_service_account).
 
 from __future__ import annotations
 
+import os
 import secrets
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,6 +164,18 @@ class MlflowAdmin:
             self.client.set_tag(run_id, "mlstack.failure", reason[:5000])
         self.client.set_terminated(run_id, status)
 
-    def upload_log(self, run_id: str, path: Path) -> None:
-        if path.exists():
+    def upload_log(self, run_id: str, path: Path, max_bytes: int = 50 << 20) -> None:
+        """The job's output into its run: whole, or its last `max_bytes` (a job printing
+        gigabytes must not fill the artifact store; the whole log stays in the jobs API)."""
+        if not path.exists():
+            return
+        if path.stat().st_size <= max_bytes:
             self.client.log_artifact(run_id, str(path), artifact_path="logs")
+            return
+        with tempfile.TemporaryDirectory() as tmp, open(path, "rb") as log:
+            log.seek(-max_bytes, os.SEEK_END)
+            tail = Path(tmp, path.name)
+            tail.write_bytes(f"[mlstack] the first {path.stat().st_size - max_bytes} bytes of "
+                             "this log are left out; the whole log: mlstack logs\n".encode()
+                             + log.read())
+            self.client.log_artifact(run_id, str(tail), artifact_path="logs")

@@ -20,6 +20,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,23 @@ def prepare_shared_roots(tb_root: Path, logs_dir: Path, jobs_dir: Path) -> None:
     if not marker.exists():
         _harden(tb_root)
         marker.touch()
+    sweep_leftovers(jobs_dir)
+
+
+def sweep_leftovers(jobs_dir: Path) -> None:
+    """What jobs left behind when the worker died (its container restarted): their homes and
+    their files in the shared temporary folders, found by owner."""
+    uids = set()
+    for folder in (jobs_dir, *SHARED_TEMP):
+        if os.path.isdir(folder):
+            uids |= {entry.stat(follow_symlinks=False).st_uid for entry in os.scandir(folder)}
+    for uid in sorted(u for u in uids if u >= JOB_UID_BASE):
+        job_id = uid - JOB_UID_BASE
+        homes = [jobs_dir / e.name for e in os.scandir(jobs_dir)
+                 if e.name.split("-")[0] == str(job_id)]
+        end(JobFolders(uid, homes[0] if homes else jobs_dir / f"{job_id}-gone", Path(), Path()))
+        for home in homes[1:]:
+            remove_home(home, uid)
 
 
 def _harden(tb_root: Path) -> None:
@@ -169,16 +187,64 @@ def start(folders: JobFolders, env: dict[str, str], log) -> subprocess.Popen:
         start_new_session=True, preexec_fn=functools.partial(_limit_job, str(folders.home)))
 
 
-def as_job(uid: int, *command: str) -> None:
-    subprocess.run(list(command), user=uid, group=uid, extra_groups=[], cwd="/",
-                   stdin=subprocess.DEVNULL, capture_output=True, timeout=120, check=False)
+# Places every process of the container may write to: a job's leftovers there could be read or
+# overwritten by the next job (another user's) on this worker.
+SHARED_TEMP = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue", "/run/lock")
+
+
+class SandboxBroken(RuntimeError):
+    """A job's processes or files outlived it: this worker must not run another job."""
+
+
+def as_job(uid: int, *command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(list(command), user=uid, group=uid, extra_groups=[], cwd="/",
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=300,
+                          check=False)
+
+
+def processes_of(uid: int) -> list[int]:
+    pids = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == uid:
+                    pids.append(int(entry.name))
+            except FileNotFoundError:
+                continue
+    return pids
+
+
+def kill_everything_of(uid: int, rounds: int = 200) -> None:
+    """Every process of the job's uid, stopped then killed, by the worker itself (root with
+    CAP_KILL): the job cannot kill its killer, and a stopped process forks no more. Rounds
+    repeat until a scan finds none (a fork in flight shows up in the next scan)."""
+    for _ in range(rounds):
+        pids = processes_of(uid)
+        if not pids:
+            return
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        time.sleep(0.02)
+    raise SandboxBroken(f"processes of uid {uid} survive SIGKILL: {processes_of(uid)}")
 
 
 def end(folders: JobFolders) -> None:
-    """Whatever the job left running (a daemon that escaped its process group) is killed: a
-    process of the job's uid signalling -1 reaches exactly the job's processes. Then its
-    home is removed."""
-    as_job(folders.uid, sys.executable, "-c", "import os, signal; os.kill(-1, signal.SIGKILL)")
+    """After a job: every process it left (a daemon that escaped its process group too)
+    killed, its files in the shared temporary folders removed, its home removed. Raises
+    SandboxBroken when that did not work: the worker then stops rather than run the next job
+    next to the remains of this one."""
+    kill_everything_of(folders.uid)
+    leftovers = as_job(folders.uid, "find", *[d for d in SHARED_TEMP if os.path.isdir(d)],
+                       "-xdev", "-mindepth", "1", "-user", str(folders.uid), "-delete")
+    remaining = as_job(folders.uid, "find", *[d for d in SHARED_TEMP if os.path.isdir(d)],
+                       "-xdev", "-mindepth", "1", "-user", str(folders.uid), "-print", "-quit")
+    if remaining.stdout.strip():
+        raise SandboxBroken(f"job files left in shared folders: {remaining.stdout.strip()} "
+                            f"({leftovers.stderr.strip()[:300]})")
     remove_home(folders.home, folders.uid)
 
 
@@ -186,5 +252,7 @@ def remove_home(home: Path, uid: int) -> None:
     as_job(uid, "rm", "-rf", "--one-file-system", f"{home}/")
     try:
         home.rmdir()  # the folder itself: the worker owns its parent
+    except FileNotFoundError:
+        pass
     except OSError as exc:
-        print(f"[worker] could not remove {home}: {exc}", flush=True)
+        raise SandboxBroken(f"could not remove {home}: {exc}")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import reprlib
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Annotated, Any
@@ -170,7 +171,8 @@ def _type_name(value: Any) -> str:
 def _got(value: Any) -> str:
     if value is None:
         return "nothing"
-    shown = repr(value)
+    # reprlib: an enormous value (a YAML alias bomb, say) is never rendered whole.
+    shown = reprlib.repr(value)
     return f"{_type_name(value)} {shown if len(shown) <= 60 else shown[:57] + '...'}"
 
 
@@ -213,9 +215,10 @@ EnvName = Annotated[str, AfterValidator(_env_name)]
 # Constraints come first: after a validator pydantic can no longer check them as text.
 EnvValue = Annotated[str, StringConstraints(max_length=MAX_ENV_VALUE), BeforeValidator(_env_value),
                      AfterValidator(_storable)]
-# Non-empty text, surrounding blanks removed. MLflow allows any experiment name.
+# Non-empty text, surrounding blanks removed. MLflow allows any experiment name that fits its
+# column (256 characters).
 ExperimentName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
-                                                  max_length=500), AfterValidator(_storable)]
+                                                  max_length=256), AfterValidator(_storable)]
 ModelName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256),
                       AfterValidator(_storable)]
 EntrypointField = Annotated[
@@ -378,10 +381,23 @@ def validate(data: Any) -> JobSpec:
         raise SpecError([_problem(e) for e in exc.errors()]) from None
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors and aliases: a spec needs none, and nested aliases let a few
+    hundred bytes expand into gigabytes (a "billion laughs")."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in a job spec; write the value out",
+                event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def parse(text: str) -> JobSpec:
     """Parse YAML (a superset of JSON) and validate it."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -66,12 +66,19 @@ class Worker:
         if claim is None:
             return False
         job_id = claim["job"]["id"]
+        broken = None
         try:
             state, error = self.execute(claim)
+        except sandbox.SandboxBroken as exc:
+            state, error, broken = "failed", f"the job outlived its end: {exc}", exc
         except Exception as exc:  # noqa: BLE001 - e.g. a full disk: fail the job, keep going
             state, error = "failed", f"worker error: {exc}"
         if state != "lost":
             self.api.finish(job_id, state, error)
+        if broken:
+            # Fail closed: no next job beside what is left of this one. The container's restart
+            # kills every process in it; prepare_shared_roots then sweeps the leftovers.
+            raise SystemExit(f"[worker] stopping: {broken}")
         return True
 
     def _beat(self) -> None:
@@ -101,9 +108,10 @@ class Worker:
                     log.flush()
                 process = sandbox.start(folders, env, log)
                 timeout_s = int(job["spec"].get("resources", {}).get("timeout_seconds") or 3600)
-                return self._supervise(job["id"], timeout_s, claim["lease_seconds"], process)
+                outcome = self._supervise(job["id"], timeout_s, claim["lease_seconds"], process)
         finally:
-            sandbox.end(folders)
+            sandbox.end(folders)  # raises SandboxBroken when the job outlived it
+        return outcome
 
     def _supervise(self, job_id: int, timeout_s: int, lease_s: int,
                    process: subprocess.Popen) -> tuple[str, str | None]:
