@@ -342,8 +342,7 @@ def create_app(settings: ApiSettings | None = None, queue: JobQueue | None = Non
         queue.set_identity(job.id, worker_name, identity)  # found and deleted whatever happens
         spec = job.spec
         try:
-            submitter_is_admin = _is_admin(job.submitter)
-            started = admin.start(identity, job.submitter, submitter_is_admin,
+            started = admin.start(identity, job.submitter, admin.is_admin(job.submitter),
                                   spec["experiment"], spec.get("register_model"), job.name,
                                   _run_tags(job, worker_name, image))
         except Exception as exc:  # noqa: BLE001 - rights, a deleted experiment, MLflow down
@@ -362,12 +361,6 @@ def create_app(settings: ApiSettings | None = None, queue: JobQueue | None = Non
                      experiment_id=started.experiment_id, run_id=started.run_id,
                      tensorboard_dir=tb_dir, lease_seconds=settings.lease_s,
                      has_code=job.code_sha256 is not None)
-
-    def _is_admin(username: str) -> bool:
-        try:
-            return bool(admin.auth.get_user(username).is_admin)
-        except Exception:  # noqa: BLE001 - a deleted submitter has no rights at all
-            return False
 
     def _run_tags(job: Job, worker_name: str, image: str) -> dict[str, str]:
         source = job.source or {}

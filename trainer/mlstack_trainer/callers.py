@@ -54,7 +54,3 @@ class Authenticator:
                 self._cache.clear()
             self._cache[key] = (now + self._ttl_s, caller)
         return caller
-
-    def forget(self) -> None:
-        with self._lock:
-            self._cache.clear()

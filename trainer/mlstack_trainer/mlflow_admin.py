@@ -143,10 +143,10 @@ class MlflowAdmin:
             if not _missing_error(exc):
                 raise
 
-    def username_exists(self, username: str) -> bool:
+    def is_admin(self, username: str) -> bool:
+        """False for a user who is not an admin or no longer exists (no rights at all)."""
         try:
-            self.auth.get_user(username)
-            return True
+            return bool(self.auth.get_user(username).is_admin)
         except MlflowException as exc:
             if _missing_error(exc):
                 return False
