@@ -517,3 +517,10 @@ def test_the_openapi_document_lists_the_job_paths_and_the_spec_schema(api):
     assert {"experiment", "entrypoint"} <= set(schema["required"])
     assert {"params", "env", "resources", "register_model"} <= set(schema["properties"])
     assert set(body["multipart/form-data"]["schema"]["properties"]) == {"spec", "code", "source"}
+
+
+def test_the_interactive_docs_load_nothing_from_other_sites(api):
+    page = api.get("/trainer/api/docs")
+    assert page.status_code == 200
+    assert "https://" not in page.text  # no CDN: Swagger UI comes from the platform
+    assert api.get("/trainer/api/docs-static/swagger-ui-bundle.js").status_code == 200

@@ -22,6 +22,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
 from . import code_archive
@@ -155,11 +156,15 @@ def create_app(settings: ApiSettings | None = None, queue: JobQueue | None = Non
         yield
         stop.set()
 
-    app = FastAPI(title="mlstack jobs API", version=API_VERSION, lifespan=lifespan,
-                  openapi_url=f"{PREFIX}/openapi.json", docs_url=f"{PREFIX}/docs",
-                  redoc_url=None,
-                  description="Submit training jobs (a spec and, optionally, your code) and "
-                              "follow them. Log in with your MLflow user name and password.")
+    # FastAPIOffline: the interactive docs with Swagger UI served from this package, not a
+    # CDN (no third-party script on the origin where browsers hold the platform's login, and
+    # docs that work without internet).
+    app = FastAPIOffline(title="mlstack jobs API", version=API_VERSION, lifespan=lifespan,
+                         openapi_url=f"{PREFIX}/openapi.json", docs_url=f"{PREFIX}/docs",
+                         redoc_url=None, static_url=f"{PREFIX}/docs-static",
+                         description="Submit training jobs (a spec and, optionally, your code) "
+                                     "and follow them. Log in with your MLflow user name and "
+                                     "password.")
 
     app.state.authenticate, app.state.queue = authenticate, queue
 
