@@ -86,7 +86,7 @@ def snapshot(stack: Stack, user, run_id: str, job_id: int) -> dict:
     job = s.get(f"{stack.base_url}/trainer/api/jobs/{job_id}").json()
     seen["job"] = {k: job[k] for k in ("state", "submitter", "mlflow_run_id", "name")}
     seen["job_log"] = s.get(f"{stack.base_url}/trainer/api/jobs/{job_id}/logs").text
-    tb_run = f"erin-kept/{job['name']}-{job['mlflow_run_id']}/train"
+    tb_run = f"{job['experiment_id']}/{job['name']}-{job['mlflow_run_id']}/train"
     tags = stack.wait_for("TensorBoard to load the job's scalars", lambda: s.get(
         f"{stack.base_url}/tensorboard/data/plugin/scalars/tags").json().get(tb_run),
         timeout_s=120)
@@ -228,9 +228,10 @@ def test_gc_removes_deleted_runs_with_their_artifacts_and_tensorboard_logs(ops: 
     job = s.post(f"{ops.base_url}/trainer/api/jobs", data="experiment: erin-scratch\n"
                  "entrypoint: example:diabetes-mlp\nparams: {epochs: 1}\n",
                  headers={"Content-Type": "application/yaml"}).json()
-    job_run = wait_for_job(ops, erin, job["id"])["mlflow_run_id"]
+    finished = wait_for_job(ops, erin, job["id"])
+    job_run = finished["mlflow_run_id"]
     s.post(f"{ops.base_url}/api/2.0/mlflow/runs/delete", json={"run_id": job_run})
-    tb_dir = f"/var/lib/mlstack/tb-logs/erin-scratch/{job['name']}-{job_run}"
+    tb_dir = f"/var/lib/mlstack/tb-logs/{finished['experiment_id']}/{job['name']}-{job_run}"
     assert bucket_keys(ops, victim) and ops.compose("exec", "-T", "tensorboard", "test", "-d",
                                                     tb_dir, check=False).returncode == 0
 

@@ -40,6 +40,10 @@ def run_secrets(config: PlatformConfig) -> None:
                        settings.SECRETS_DIR, settings.TRAINER_SECRETS_DIR)
     secrets_store.copy(("worker_mlflow_password",), settings.SECRETS_DIR,
                        settings.WORKER_SECRETS_DIR, mode=0o640)
+    # The volumes' own modes, whichever image's mount point Docker copied them from first (the
+    # trainer and the platform image both have these folders): jobs must not even list them.
+    settings.TRAINER_SECRETS_DIR.chmod(0o700)
+    settings.WORKER_SECRETS_DIR.chmod(0o750)
     source = tls.ensure(settings.TLS_DIR, settings.SECRETS_DIR / "ca", config.hostnames,
                         config.user_tls_cert, config.user_tls_key)
     log(f"TLS certificate for {', '.join(config.hostnames)}: {source}")
