@@ -1,6 +1,10 @@
-"""mlstack's trainer: job specs, the PostgreSQL job queue, the worker and the job runtime.
+"""mlstack's trainer: one package, three programs.
 
-Work in progress (issue 3): spec, queue, worker and runtime exist and are tested with real
-PostgreSQL, MLflow and Keras; the jobs API, the CLI, the trainer image and its compose
-services do not yet.
+- the jobs API (`api.py`, run by the `trainer-api` service): the queue's only door, and the
+  only holder of the MLflow admin account that mints each job's identity;
+- the worker (`worker.py`, the `trainer` service, or a GPU host of its own): claims jobs
+  through the API and runs each one in a sandbox (`sandbox.py`) as `runtime.py`;
+- the `mlstack` CLI (`cli.py`) that team members install.
+
+DEVELOPING.md at the repository root maps every module.
 """
