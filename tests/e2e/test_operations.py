@@ -86,7 +86,10 @@ def snapshot(stack: Stack, user, run_id: str, job_id: int) -> dict:
     job = s.get(f"{stack.base_url}/trainer/api/jobs/{job_id}").json()
     seen["job"] = {k: job[k] for k in ("state", "submitter", "mlflow_run_id", "name")}
     seen["job_log"] = s.get(f"{stack.base_url}/trainer/api/jobs/{job_id}/logs").text
-    tb_run = f"{job['experiment_id']}/{job['name']}-{job['mlflow_run_id']}/train"
+    # <experiment id>/...; a job run by a release before 0.2 (the upgrade test's) has no
+    # experiment id, and its folder keeps the old layout, <experiment name>/...
+    prefix = job.get("experiment_id") or "erin-kept"
+    tb_run = f"{prefix}/{job['name']}-{job['mlflow_run_id']}/train"
     tags = stack.wait_for("TensorBoard to load the job's scalars", lambda: s.get(
         f"{stack.base_url}/tensorboard/data/plugin/scalars/tags").json().get(tb_run),
         timeout_s=120)
