@@ -317,3 +317,29 @@ def test_a_job_cannot_outlive_its_end_or_leave_files_for_the_next_job(stack: Sta
     seen = json.loads(next(line.split(" ", 1)[1] for line in out.stdout.splitlines()
                            if line.startswith("OBSERVED ")))
     assert seen == {"other_uids": [], "planted": []}
+
+
+def test_oversized_uploads_are_refused_through_the_front_door(stack: Stack, users):
+    """Through nginx, as an attacker would send them: a chunked spec (no Content-Length to
+    check first) and a gzip bomb under the upload limit. Both refused; the API still answers."""
+    s = stack.session(*users["mallory"])
+
+    def chunks():
+        yield b"experiment: x\nentrypoint: example:breast-cancer-mlp\n"
+        for _ in range(4):
+            yield b"#" * (1 << 20) + b"\n"
+    r = s.post(f"{stack.base_url}/trainer/api/jobs", data=chunks(),
+               headers={"Content-Type": "application/yaml"})
+    assert r.status_code == 413 and "over 1 MB" in r.json()["error"]
+    bomb = io.BytesIO()
+    with tarfile.open(fileobj=bomb, mode="w:gz") as tar:
+        script = tarfile.TarInfo("train.py")
+        tar.addfile(script, io.BytesIO(b""))
+        zeros = tarfile.TarInfo("zeros.bin")
+        zeros.size = 600 << 20  # over 10x the 50 MB limit once inflated; ~600 KB packed
+        tar.addfile(zeros, io.BytesIO(bytes(zeros.size)))
+    r = s.post(f"{stack.base_url}/trainer/api/jobs", files={
+        "spec": ("job.yaml", "experiment: x\nentrypoint: script:train.py\n"),
+        "code": ("code.tar.gz", bomb.getvalue(), "application/gzip")})
+    assert r.status_code == 400 and "unpacks to more than" in r.json()["problems"][0]
+    assert s.get(f"{stack.base_url}/trainer/api/config").status_code == 200

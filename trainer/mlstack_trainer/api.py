@@ -15,6 +15,7 @@ The OpenAPI document is generated (GET /trainer/api/openapi.json; interactive at
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 from pathlib import Path
 from typing import Annotated, Any
@@ -452,8 +453,6 @@ def _read_log(path: Path, offset: int) -> bytes:
 async def _read_submission(request: Request, max_code_bytes: int
                            ) -> tuple[str, bytes | None, dict | None]:
     """(spec text, code archive or None, git source or None) from either kind of body."""
-    import json
-
     content_type = request.headers.get("content-type", "")
     multipart = content_type.startswith("multipart/form-data")
     limit = max_code_bytes + (1 << 20) if multipart else 1 << 20
@@ -462,12 +461,19 @@ async def _read_submission(request: Request, max_code_bytes: int
                               "out of the code folder" if multipart else "the spec is over 1 MB")
     if int(request.headers.get("content-length") or 0) > limit:
         raise too_large
-    # Counted as it arrives: a chunked body has no Content-Length to check first.
+    # Counted as it arrives: a chunked body has no Content-Length to check first. Past the
+    # limit the rest is read and dropped (up to twice the upload limit), so that nginx, still sending,
+    # passes our 413 on rather than a 502 for a closed connection.
     body = bytearray()
+    received = 0
     async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
+        received += len(chunk)
+        if received <= limit:
+            body += chunk
+        elif received > 2 * (max_code_bytes + (1 << 20)):
+            break
+    if received > limit:
+        raise too_large
     request._body = bytes(body)  # what request.form() parses (Starlette caches the body here)
     if not multipart:
         return request._body.decode("utf-8", errors="replace"), None, None
