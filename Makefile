@@ -29,7 +29,7 @@ lint: $(VENV)/.installed
 config:
 	env -u COMPOSE_FILE -u COMPOSE_PROJECT_NAME docker compose -f docker-compose.yml config -q
 
-$(VENV)/.installed: tests/requirements.txt docker/platform/pyproject.toml trainer/pyproject.toml
+$(VENV)/.installed: tests/requirements.txt docker/platform/pyproject.toml trainer/pyproject.toml docker/tensorboard/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r tests/requirements.txt
 	touch $@
