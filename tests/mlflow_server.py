@@ -17,6 +17,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+# Threads as on the platform; a short graceful stop so that a test's teardown is quick.
+GUNICORN_OPTS = "--worker-class gthread --threads 4 --graceful-timeout 2"
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -47,8 +50,12 @@ def _auth_env(root: Path, admin: tuple[str, str]) -> dict[str, str]:
 
 
 @contextmanager
-def mlflow_server(root: Path, admin: tuple[str, str] | None = None) -> Iterator[str]:
-    """The server's URI while the block runs; its log is root/server.log."""
+def mlflow_server(root: Path, admin: tuple[str, str] | None = None,
+                  app: str = "basic-auth", gunicorn: bool = False) -> Iterator[str]:
+    """The server's URI while the block runs; its log is root/server.log. `app`: with `admin`,
+    MLflow's basic-auth app or the platform's (`mlstack`, which wraps it). `gunicorn`: serve the
+    Flask app under gunicorn as the platform does, rather than under MLflow's default uvicorn
+    (which answers some routes, artifact uploads among them, from FastAPI instead)."""
     port = free_port()
     root.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -58,12 +65,13 @@ def mlflow_server(root: Path, admin: tuple[str, str] | None = None) -> Iterator[
     auth_args: list[str] = []
     if admin:
         env.update(_auth_env(root, admin))
-        auth_args = ["--app-name", "basic-auth"]
+        auth_args = ["--app-name", app]
     log = open(root / "server.log", "wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", *auth_args, "--backend-store-uri",
          f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts"),
-         "--serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+         "--serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         *(["--gunicorn-opts", GUNICORN_OPTS] if gunicorn else [])],
         env=env, stdout=log, stderr=subprocess.STDOUT)
     uri = f"http://127.0.0.1:{port}"
     try:

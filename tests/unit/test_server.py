@@ -27,7 +27,7 @@ def test_server_runs_under_gunicorn_with_artifacts_proxied_to_the_bucket(config)
     assert opts["--backend-store-uri"].startswith("postgresql+psycopg2://mlflow:")
     assert opts["--backend-store-uri"].endswith("@postgres:5432/mlflow")
     assert opts["--artifacts-destination"] == "s3-proxied://mlflow-artifacts"
-    assert opts["--app-name"] == "basic-auth"
+    assert opts["--app-name"] == "mlstack"  # basic-auth plus the TensorBoard routes
     assert opts["--workers"] == "3"
     assert "--worker-class gthread" in opts["--gunicorn-opts"]
     assert "--serve-artifacts" in command

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import urllib.request
 
-from . import bucket, databases, janitor, ops, secrets_store, settings, tls
+from . import bucket, databases, janitor, ops, secrets_store, settings, tensorboard_sync, tls
 from .config import PlatformConfig
 from .settings import SettingError
 from .waiting import DependencyUnavailable
@@ -40,10 +40,13 @@ def run_secrets(config: PlatformConfig) -> None:
                        settings.SECRETS_DIR, settings.TRAINER_SECRETS_DIR)
     secrets_store.copy(("worker_mlflow_password",), settings.SECRETS_DIR,
                        settings.WORKER_SECRETS_DIR, mode=0o640)
+    secrets_store.copy(("tensorboard_db_password",), settings.SECRETS_DIR,
+                       settings.TENSORBOARD_SECRETS_DIR)
     # The volumes' own modes, whichever image's mount point Docker copied them from first (the
     # trainer and the platform image both have these folders): jobs must not even list them.
     settings.TRAINER_SECRETS_DIR.chmod(0o700)
     settings.WORKER_SECRETS_DIR.chmod(0o750)
+    settings.TENSORBOARD_SECRETS_DIR.chmod(0o700)
     source = tls.ensure(settings.TLS_DIR, settings.SECRETS_DIR / "ca", config.hostnames,
                         config.user_tls_cert, config.user_tls_key)
     log(f"TLS certificate for {', '.join(config.hostnames)}: {source}")
@@ -79,12 +82,20 @@ def run_init(config: PlatformConfig) -> None:
     log(f"database {config.trainer_db}: "
         f"{databases.ensure_database(server, config.trainer_db, config.trainer_db)}")
 
+    # TensorBoard's role reads which runs and experiments are active (a deleted one leaves
+    # TensorBoard at once) and nothing else; the queue of runs with new event-file artifacts.
+    viewer = databases.ensure_role(server, databases.TENSORBOARD_ROLE,
+                                   settings.secret("tensorboard_db_password"))
+    log(f"database role {databases.TENSORBOARD_ROLE}: {viewer}")
+
     s3 = config.s3_client()
     log(f"bucket {config.bucket}: {bucket.ensure(s3, config.bucket, config.wait_s)}")
 
     # Migrations run here, once, before any server starts: never in several workers at once.
     log("migrating the tracking database (mlflow db upgrade)")
     subprocess.run(["mlflow", "db", "upgrade", config.db_uri(config.mlflow_db)], check=True)
+    databases.grant_tensorboard_reads(server, config.mlflow_db)
+    tensorboard_sync.ensure_queue(server, config.mlflow_db, config.db_role)
     log("migrating the auth database")
     subprocess.run([sys.executable, "-m", "mlflow.server.auth", "db", "upgrade",
                     "--url", config.db_uri(config.auth_db)], check=True)

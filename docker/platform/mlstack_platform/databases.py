@@ -76,3 +76,26 @@ def ensure_database(server: Server, name: str, owner: str) -> str:
             return "created"
     finally:
         conn.close()
+
+
+TENSORBOARD_ROLE = "mlstack_tensorboard"
+# The columns TensorBoard's router reads: which runs of an experiment are active. Column grants,
+# so names, parameters, tags and artifact locations stay out of its reach.
+_TENSORBOARD_COLUMNS = {"runs": ("run_uuid", "experiment_id", "lifecycle_stage"),
+                        "experiments": ("experiment_id", "lifecycle_stage")}
+
+
+def grant_tensorboard_reads(server: Server, dbname: str) -> None:
+    """After `mlflow db upgrade` (the tables must exist). Idempotent."""
+    conn = server.connect(dbname)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+                sql.Identifier(dbname), sql.Identifier(TENSORBOARD_ROLE)))
+            for table, columns in _TENSORBOARD_COLUMNS.items():
+                cur.execute(sql.SQL("GRANT SELECT ({}) ON {} TO {}").format(
+                    sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(table),
+                    sql.Identifier(TENSORBOARD_ROLE)))
+    finally:
+        conn.close()

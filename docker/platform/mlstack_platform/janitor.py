@@ -1,5 +1,8 @@
 """Housekeeping the platform runs by itself (the `janitor` service).
 
+TensorBoard for runs trained elsewhere: every few seconds, the event files runs logged as
+artifacts under `tensorboard/` are copied into the TensorBoard volume (tensorboard_sync.py).
+
 Stale runs: a client that dies (a laptop closed, a notebook kernel killed) leaves its run
 RUNNING forever, which makes every dashboard lie. A run is stale when it is RUNNING and
 nothing has been logged to it (no metric, and not its start) for longer than the setting.
@@ -13,7 +16,7 @@ import os
 import time
 from pathlib import Path
 
-from . import settings
+from . import settings, tensorboard_sync
 
 HEARTBEAT = Path(os.environ.get("MLSTACK_JANITOR_HEARTBEAT", "/tmp/mlstack/janitor.heartbeat"))
 STALE_TAG = "mlstack.failure"
@@ -63,28 +66,46 @@ def _interval_s() -> int:
 
 
 def run_service(config) -> None:
-    """The janitor service: a pass every MLSTACK_JANITOR_INTERVAL_SECONDS, touching HEARTBEAT
-    after each good one (its healthcheck reads it)."""
+    """The janitor service: a stale-run pass every MLSTACK_JANITOR_INTERVAL_SECONDS, touching
+    HEARTBEAT after each good one (its healthcheck reads it), and a TensorBoard copy pass every
+    MLSTACK_TB_SYNC_SECONDS."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     stale_after_s = 60 * settings.integer("MLSTACK_STALE_RUN_MINUTES", 1440, maximum=525600)
     interval_s = _interval_s()
-    print(f"[janitor] failing runs idle for {stale_after_s / 60:g} min, every {interval_s} s",
-          flush=True)
+    sync_s = settings.integer("MLSTACK_TB_SYNC_SECONDS", 10, minimum=1, maximum=3600)
+    tb_root = Path(settings.text("MLSTACK_TB_ROOT", "/var/lib/mlstack/tb-logs"))
+    print(f"[janitor] failing runs idle for {stale_after_s / 60:g} min, every {interval_s} s; "
+          f"copying TensorBoard artifacts every {sync_s} s", flush=True)
     HEARTBEAT.parent.mkdir(parents=True, exist_ok=True)
-    store = None
+    store = s3 = None
+    next_stale_pass = 0.0
     while True:
+        # Each pass on its own: S3 being down must not stop stale runs being failed, nor the
+        # other way round; a database restart must not kill the loop.
         try:
             # Built once (it checks the schema and opens a pool), on the first good pass.
             store = store or SqlAlchemyStore(config.db_uri(config.mlflow_db),
                                              "mlflow-artifacts:/")
+            s3 = s3 or config.s3_client()
             with config.mlflow_db_connection() as conn:
-                for run_id in fail_stale_runs(store, conn, stale_after_s):
-                    print(f"[janitor] run {run_id}: stale, marked FAILED", flush=True)
-            HEARTBEAT.touch()
-        except Exception as exc:  # noqa: BLE001 - a database restart must not kill the loop
-            print(f"[janitor] pass failed, will retry: {exc}", flush=True)
-        time.sleep(interval_s)
+                for run_id in tensorboard_sync.sync_pass(conn, s3, config.bucket, tb_root, store,
+                                                         config.origins()[0]):
+                    print(f"[janitor] run {run_id}: TensorBoard files copied", flush=True)
+        except Exception as exc:  # noqa: BLE001
+            print(f"[janitor] TensorBoard copy pass failed, will retry: {exc}", flush=True)
+        if time.monotonic() >= next_stale_pass:
+            try:
+                store = store or SqlAlchemyStore(config.db_uri(config.mlflow_db),
+                                                 "mlflow-artifacts:/")
+                with config.mlflow_db_connection() as conn:
+                    for run_id in fail_stale_runs(store, conn, stale_after_s):
+                        print(f"[janitor] run {run_id}: stale, marked FAILED", flush=True)
+                next_stale_pass = time.monotonic() + interval_s
+                HEARTBEAT.touch()
+            except Exception as exc:  # noqa: BLE001
+                print(f"[janitor] pass failed, will retry: {exc}", flush=True)
+        time.sleep(min(sync_s, interval_s))
 
 
 def healthy() -> bool:

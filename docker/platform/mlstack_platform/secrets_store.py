@@ -29,6 +29,8 @@ SECRETS = (
     Secret("postgres_password", None),
     Secret("mlflow_db_password", None),
     Secret("trainer_db_password", None),
+    # TensorBoard's database role: reads which runs and experiments are active, nothing else.
+    Secret("tensorboard_db_password", None),
     # The jobs API's MLflow admin account: creates each job's run and its job identity.
     Secret("trainer_mlflow_password", None),
     # The local workers' credential: an MLflow user with no grants (jobs API: claim, finish).

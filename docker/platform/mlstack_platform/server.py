@@ -78,7 +78,8 @@ def command_and_env(config: PlatformConfig) -> tuple[list[str], dict[str, str]]:
         # s3-proxied: S3 without presigned URLs, see artifact_repo.py.
         "--artifacts-destination", f"s3-proxied://{config.bucket}",
         "--serve-artifacts",
-        "--app-name", "basic-auth",
+        # MLflow's basic-auth app with the platform's TensorBoard routes (app.py).
+        "--app-name", "mlstack",
         "--host", "0.0.0.0",
         "--port", "5000",
         "--workers", str(config.workers),

@@ -14,6 +14,8 @@ TRAINER_SECRETS_DIR = Path(os.environ.get("MLSTACK_TRAINER_SECRETS_DIR",
                                           "/var/lib/mlstack/trainer-secrets"))
 WORKER_SECRETS_DIR = Path(os.environ.get("MLSTACK_WORKER_SECRETS_DIR",
                                          "/var/lib/mlstack/worker-secrets"))
+TENSORBOARD_SECRETS_DIR = Path(os.environ.get("MLSTACK_TENSORBOARD_SECRETS_DIR",
+                                              "/var/lib/mlstack/tensorboard-secrets"))
 
 
 class SettingError(ValueError):
