@@ -4,6 +4,9 @@
            --scale trainer=N, or run it on a GPU host of its own)
   api      the jobs API under uvicorn (the `trainer-api` service)
   check    exit 0 when this container's worker polled within the last 60 s (healthcheck)
+  migrate-tensorboard
+           move TensorBoard folders of an older release to the id layout (scripts/upgrade,
+           scripts/restore; `RUN_ID<TAB>EXPERIMENT_ID` lines on standard input)
 """
 
 from __future__ import annotations
@@ -18,8 +21,12 @@ from .settings import SettingError
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mlstack-trainer", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("role", choices=["worker", "api", "check"])
+    p.add_argument("role", choices=["worker", "api", "check", "migrate-tensorboard"])
     args = p.parse_args(argv)
+    if args.role == "migrate-tensorboard":
+        from . import tb_layout
+
+        return tb_layout.main(sys.stdin)
     # Imports per role: the healthcheck runs every few seconds and must stay cheap.
     if args.role == "check":
         from .worker import DEFAULT_HEARTBEAT_FILE, check

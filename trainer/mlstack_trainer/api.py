@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
-from . import code_archive
+from . import code_archive, tb_layout
 from .callers import Authenticator, Caller
 from .mlflow_admin import MlflowAdmin, NotAllowed
 from .queue import Job, JobQueue
@@ -199,9 +199,10 @@ def create_app(settings: ApiSettings | None = None, queue: JobQueue | None = Non
                 # workflowType: the UI's model-training view (its default is GenAI's).
                 "mlflow": f"{settings.public_url}/#/experiments/{job.experiment_id}/runs/"
                           f"{job.mlflow_run_id}?workflowType=machine_learning",
-                # TensorBoard 2.21 reads the filter from the query, not from the fragment.
-                "tensorboard": f"{settings.public_url}/tensorboard/?runFilter="
-                               f"{job.mlflow_run_id}#timeseries",
+                # A job run by a release before experiment ids were kept: the index.
+                "tensorboard": tb_layout.link(settings.public_url, job.experiment_id,
+                                              job.mlflow_run_id)
+                if job.experiment_id else f"{settings.public_url}/tensorboard/",
             }
         waiting = None
         if job.state == JobState.QUEUED and job.gpus:
@@ -358,9 +359,9 @@ def create_app(settings: ApiSettings | None = None, queue: JobQueue | None = Non
                 _wrap_up(failed)  # deletes the identity if it was created
             raise ApiError(409, f"job {job.id} cannot run: {reason}")
         queue.set_started(job.id, worker_name, started.run_id, started.experiment_id)
-        tb_dir = f"{started.experiment_id}/{_safe(job.name)}-{started.run_id}"
-        admin.set_tag(started.run_id, "mlstack.tensorboard_url",
-                      f"{settings.public_url}/tensorboard/?runFilter={started.run_id}#timeseries")
+        tb_dir = f"{started.experiment_id}/{tb_layout.run_folder(job.name, started.run_id)}"
+        admin.set_tag(started.run_id, tb_layout.LINK_TAG,
+                      tb_layout.link(settings.public_url, started.experiment_id, started.run_id))
         job = queue.get(job.id)
         return Claim(job=view(job), attempt=job.attempts,
                      identity=Identity(username=identity, password=started.password),
@@ -435,10 +436,6 @@ def create_app(settings: ApiSettings | None = None, queue: JobQueue | None = Non
 
     app.state.sweep = _sweep  # for tests
     return app
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:100] or "run"
 
 
 def _read_log(path: Path, offset: int) -> bytes:

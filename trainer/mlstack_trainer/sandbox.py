@@ -5,9 +5,9 @@ The worker runs as root with only CHOWN, SETUID, SETGID and KILL (docker-compose
 process switches to a uid of its own (JOB_UID_BASE + job id: unique across workers sharing the
 volumes and never reused), with no supplementary groups, no capabilities and no way to gain any
 (no_new_privs). It can therefore read neither the worker's credential, nor other jobs' code,
-logs, TensorBoard files or /proc/*/environ. TensorBoard (group `mlstack`, 10001) still reads
-its event files: the job's TensorBoard folder belongs to that group and is setgid, and jobs run
-with umask 027.
+logs, TensorBoard files or /proc/*/environ. The worker (group `mlstack`, 10001) still reads
+the event files the job writes: the job's TensorBoard folder belongs to that group and is
+setgid, and jobs run with umask 027. TensorBoard reads the worker's copy (tb_publish.py).
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .tb_layout import EXPERIMENT_DIR_MODE, READERS_GID
+
 JOB_UID_BASE = 1_000_000
-READERS_GID = 10001  # the `mlstack` group: TensorBoard and the jobs API read through it
+# READERS_GID: the `mlstack` group; TensorBoard and the jobs API read through it.
 # Processes and threads per job (TensorFlow starts many threads); its uid is its own, so
 # RLIMIT_NPROC counts only the job's: a fork bomb stops here, not at the host's limit.
 MAX_PROCESSES = 2048
@@ -53,7 +55,9 @@ def _limit_job(home: str) -> None:
 def prepare_shared_roots(tb_root: Path, logs_dir: Path, jobs_dir: Path) -> None:
     """Owners and modes of the shared folders: readers (group 10001) list them, jobs may only
     pass through the TensorBoard root to their own folder, and see nothing of the logs."""
-    for path, mode in ((tb_root, 0o751), (logs_dir, 0o750), (jobs_dir, 0o711)):
+    # The TensorBoard root is group-writable: the janitor (group mlstack) adds the folders of
+    # runs trained elsewhere. Jobs are in no group of ours.
+    for path, mode in ((tb_root, 0o771), (logs_dir, 0o750), (jobs_dir, 0o711)):
         path.mkdir(parents=True, exist_ok=True)
         os.chown(path, 0, READERS_GID if path != jobs_dir else 0)
         os.chmod(path, mode)
@@ -92,15 +96,16 @@ def _harden(tb_root: Path) -> None:
                 os.chown(path, 0, READERS_GID)
                 os.chmod(path, 0o750 if os.path.isdir(path) else 0o640)
         if entry.is_dir() and not entry.is_symlink():
-            os.chmod(entry, 0o751)
+            os.chmod(entry, EXPERIMENT_DIR_MODE)
 
 
 @dataclass
 class JobFolders:
     uid: int
     home: Path       # private: code, virtualenv, temporary files; removed afterwards
-    tensorboard: Path
+    tensorboard: Path  # the job's own: where it writes event files; removed afterwards
     log: Path
+    published: Path | None = None  # the worker's copy of them, which TensorBoard reads
 
 
 def make_folders(job_id: int, attempt: int, tb_root: Path, tb_relative: str, logs_dir: Path,
@@ -115,14 +120,20 @@ def make_folders(job_id: int, attempt: int, tb_root: Path, tb_relative: str, log
     parent = tb_root / experiment_dir
     parent.mkdir(exist_ok=True)
     os.chown(parent, 0, READERS_GID)
-    os.chmod(parent, 0o751)
-    tensorboard = parent / run_dir
-    tensorboard.mkdir(exist_ok=True)
+    os.chmod(parent, EXPERIMENT_DIR_MODE)
+    published = parent / run_dir
+    published.mkdir(exist_ok=True)
+    os.chown(published, 0, READERS_GID)
+    os.chmod(published, 0o2750)
+    tensorboard = jobs_dir / f"{job_id}-{attempt}.tensorboard"
+    if tensorboard.exists():
+        remove_home(tensorboard, uid)
+    tensorboard.mkdir()
     os.chown(tensorboard, 0, READERS_GID)
     os.chmod(tensorboard, 0o2750)  # while the worker owns it (it has no FOWNER)
     os.chown(tensorboard, uid, READERS_GID)
     log = logs_dir / f"{job_id}.log"
-    return JobFolders(uid, home, tensorboard, log)
+    return JobFolders(uid, home, tensorboard, log, published)
 
 
 def give(folders: JobFolders, name: str, data: bytes) -> Path:

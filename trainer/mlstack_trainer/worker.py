@@ -27,6 +27,7 @@ from typing import Any
 from . import sandbox
 from .jobs_client import JobsClient, LeaseLost
 from .settings import WorkerSettings
+from .tb_publish import Publisher
 
 DEFAULT_HEARTBEAT_FILE = Path("/tmp/mlstack-worker.heartbeat")
 
@@ -107,10 +108,16 @@ class Worker:
                     log.write(f"[mlstack] attempt {claim['attempt']}\n".encode())
                     log.flush()
                 process = sandbox.start(folders, env, log)
+                publisher = Publisher(folders.tensorboard, folders.published).start()
                 timeout_s = int(job["spec"].get("resources", {}).get("timeout_seconds") or 3600)
-                outcome = self._supervise(job["id"], timeout_s, claim["lease_seconds"], process)
+                try:
+                    outcome = self._supervise(job["id"], timeout_s, claim["lease_seconds"],
+                                              process)
+                finally:
+                    publisher.stop()
         finally:
             sandbox.end(folders)  # raises SandboxBroken when the job outlived it
+            sandbox.remove_home(folders.tensorboard, folders.uid)
         return outcome
 
     def _supervise(self, job_id: int, timeout_s: int, lease_s: int,
