@@ -83,3 +83,10 @@ on_job_files() {
 }
 
 psql_exec() { compose exec -T postgres psql -U postgres -v ON_ERROR_STOP=1 -qAt "$@"; }
+
+# migrate_tensorboard_layout: TensorBoard folders of a release that named them after experiments
+# move to <experiment id>/ (trainer/mlstack_trainer/tb_layout.py). Idempotent; prints each move.
+migrate_tensorboard_layout() {
+  psql_exec -d mlflow -F $'\t' -c "SELECT run_uuid, experiment_id FROM runs" \
+    | on_job_files mlstack-trainer migrate-tensorboard
+}

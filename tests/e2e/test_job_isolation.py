@@ -144,10 +144,23 @@ def test_the_job_runs_with_its_own_identity_and_its_own_work_succeeds(stack: Sta
     versions = s.get(f"{stack.base_url}/api/2.0/mlflow/registered-models/get",
                      params={"name": "mallory-model"}).json()["registered_model"]
     assert versions["latest_versions"][0]["run_id"] == job["mlflow_run_id"]
-    tb_run = f"{job['experiment_id']}/curious-{job['mlflow_run_id']}"
+    tb_run = f"curious-{job['mlflow_run_id']}"
     stack.wait_for("TensorBoard to show the job's own curve", lambda: "own_curve" in s.get(
-        f"{stack.base_url}/tensorboard/data/plugin/scalars/tags").json().get(tb_run, {}),
-        timeout_s=120)
+        f"{stack.base_url}/tensorboard/{job['experiment_id']}/data/plugin/scalars/tags"
+    ).json().get(tb_run, {}), timeout_s=120)
+
+
+def test_links_a_job_plants_in_its_tensorboard_folder_show_nothing_of_others(
+        stack: Stack, users, victim, hostile_job):
+    job = hostile_job["job"]
+    s = stack.session(*users["mallory"])
+    tb = f"{stack.base_url}/tensorboard/{job['experiment_id']}"
+    stack.wait_for("the job's own curve", lambda: f"curious-{job['mlflow_run_id']}" in s.get(
+        f"{tb}/data/runs").json(), timeout_s=60)
+    runs = s.get(f"{tb}/data/runs").json()
+    assert runs == [f"curious-{job['mlflow_run_id']}"], runs  # no leak-* run, nothing of victor's
+    tags = s.get(f"{tb}/data/plugin/scalars/tags").text
+    assert victim["tb_dir"].split("-")[-1] not in tags and "leak" not in tags
 
 
 def test_the_jobs_credentials_stop_working_when_it_ends(stack: Stack, hostile_job):

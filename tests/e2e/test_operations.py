@@ -86,13 +86,16 @@ def snapshot(stack: Stack, user, run_id: str, job_id: int) -> dict:
     job = s.get(f"{stack.base_url}/trainer/api/jobs/{job_id}").json()
     seen["job"] = {k: job[k] for k in ("state", "submitter", "mlflow_run_id", "name")}
     seen["job_log"] = s.get(f"{stack.base_url}/trainer/api/jobs/{job_id}/logs").text
-    # <experiment id>/...; a job run by a release before 0.2 (the upgrade test's) has no
-    # experiment id, and its folder keeps the old layout, <experiment name>/...
-    prefix = job.get("experiment_id") or "erin-kept"
-    tb_run = f"{prefix}/{job['name']}-{job['mlflow_run_id']}/train"
+    # In its experiment's TensorBoard. A job run by a release before 0.2 (the upgrade test's)
+    # has no experiment id in the jobs API, and its folder was named after the experiment
+    # until the upgrade moved it: the run says which experiment it is in.
+    experiment_id = s.get(f"{stack.base_url}/api/2.0/mlflow/runs/get",
+                          params={"run_id": job["mlflow_run_id"]}
+                          ).json()["run"]["info"]["experiment_id"]
+    tb_run = f"{job['name']}-{job['mlflow_run_id']}/train"
     tags = stack.wait_for("TensorBoard to load the job's scalars", lambda: s.get(
-        f"{stack.base_url}/tensorboard/data/plugin/scalars/tags").json().get(tb_run),
-        timeout_s=120)
+        f"{stack.base_url}/tensorboard/{experiment_id}/data/plugin/scalars/tags"
+    ).json().get(tb_run), timeout_s=120)
     seen["tb_tags"] = sorted(tags)
     return seen
 
@@ -203,14 +206,16 @@ def test_status_passes_then_names_the_service_that_is_down(ops: Stack, populated
 
 GC_VICTIM = """
 import json, os, tempfile, mlflow
-from mlflow import MlflowClient
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 mlflow.set_experiment("erin-scratch")
-with mlflow.start_run() as run:
+with mlflow.start_run(run_name="victim") as run:
     path = os.path.join(tempfile.mkdtemp(), "scratch.bin")
     open(path, "wb").write(os.urandom(1_000_000))
     mlflow.log_artifact(path)
-MlflowClient().delete_run(run.info.run_id)
-print(json.dumps({"run_id": run.info.run_id}))
+    logdir = tempfile.mkdtemp()
+    EventFileWriter(logdir).close()  # an event file, copied for TensorBoard by the janitor
+    mlflow.log_artifacts(logdir, "tensorboard")
+print(json.dumps({"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}))
 """
 
 
@@ -226,8 +231,15 @@ def bucket_keys(stack: Stack, marker: str) -> list[str]:
 def test_gc_removes_deleted_runs_with_their_artifacts_and_tensorboard_logs(ops: Stack, erin,
                                                                            populated):
     kept_run, _, _ = populated
-    victim = client(ops, erin, GC_VICTIM)["run_id"]
+    logged = client(ops, erin, GC_VICTIM)
+    victim = logged["run_id"]
     s = ops.session(*erin)
+    # Its TensorBoard copy (from its artifacts) exists before the run is deleted.
+    synced_dir = f"/var/lib/mlstack/tb-logs/{logged['experiment_id']}/victim-{victim}"
+    ops.wait_for("the janitor to copy the run's event files", lambda: ops.compose(
+        "exec", "-T", "tensorboard", "test", "-d", synced_dir, check=False).returncode == 0,
+        timeout_s=60)
+    s.post(f"{ops.base_url}/api/2.0/mlflow/runs/delete", json={"run_id": victim})
     job = s.post(f"{ops.base_url}/trainer/api/jobs", data="experiment: erin-scratch\n"
                  "entrypoint: example:diabetes-mlp\nparams: {epochs: 1}\n",
                  headers={"Content-Type": "application/yaml"}).json()
@@ -248,8 +260,9 @@ def test_gc_removes_deleted_runs_with_their_artifacts_and_tensorboard_logs(ops: 
         r = admin.get(f"{ops.base_url}/api/2.0/mlflow/runs/get", params={"run_id": run_id})
         assert r.status_code == 404, r.text
         assert bucket_keys(ops, run_id) == []
-    assert ops.compose("exec", "-T", "tensorboard", "test", "-d", tb_dir,
-                       check=False).returncode == 1
+    for folder in (tb_dir, synced_dir):
+        assert ops.compose("exec", "-T", "tensorboard", "test", "-d", folder,
+                           check=False).returncode == 1
     assert bucket_keys(ops, kept_run)  # live runs keep their artifacts
     again = ops.script("gc", "--older-than-days", "0", "--yes")
     assert "nothing to do" in again.stderr

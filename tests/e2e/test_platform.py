@@ -14,6 +14,7 @@ import pytest
 
 from .client_workflow import sha256
 from .stack import Stack
+from .test_tensorboard import laptop_run, run_tags
 
 HERE = Path(__file__).parent
 LONG_RUNNING = {"postgres", "minio", "mlflow", "tensorboard", "trainer", "trainer-api", "janitor",
@@ -99,7 +100,10 @@ PROTECTED = [
     "/api/2.0/mlflow-artifacts/artifacts/0/somerun/artifacts/model.pkl",
     "/get-artifact?path=x&run_uuid=y",
     "/tensorboard/",
-    "/tensorboard/data/runs",
+    "/tensorboard/1/",
+    "/tensorboard/1/data/runs",
+    "/tensorboard/1,2/data/runs",
+    "/tensorboard/all/data/runs",
     "/font-roboto/x.woff2",
 ]
 
@@ -229,41 +233,21 @@ def test_users_script_rejects_mistakes_without_changing_anything(stack: Stack, b
     assert r.status_code == 200
 
 
-# --- TensorBoard --------------------------------------------------------------------------
-
-WRITE_EVENTS = """
-import time
-from tensorboard.compat.proto import event_pb2, summary_pb2
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
-writer = EventFileWriter("/var/lib/mlstack/tb-logs/e2e-experiment/run-1-0123abcd")
-for step, value in enumerate([0.9, 0.5, 0.25]):
-    summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag="loss", simple_value=value)])
-    writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
-writer.close()
-"""
-
-
-def test_tensorboard_serves_scalars_written_to_the_shared_volume(stack: Stack, admin):
-    # A writer on the tb-logs volume, as a trainer is (TensorBoard itself mounts it read-only).
-    subprocess.run(
-        ["docker", "run", "--rm", "--user", "0", "-v",
-         f"{stack.project}_tb-logs:/var/lib/mlstack/tb-logs",
-         "--entrypoint", "python", f"mlstack/tensorboard:{os.environ.get('MLSTACK_VERSION', 'dev')}",
-         "-c", WRITE_EVENTS], check=True, capture_output=True, text=True)
-    s = stack.session(*admin)
-    run = "e2e-experiment/run-1-0123abcd"
-    stack.wait_for("TensorBoard to load the new run", lambda: run in s.get(
-        f"{stack.base_url}/tensorboard/data/runs").json(), timeout_s=120)
-    r = s.get(f"{stack.base_url}/tensorboard/data/plugin/scalars/scalars",
-              params={"run": run, "tag": "loss"})
-    assert r.status_code == 200
-    assert [(step, round(value, 4)) for _, step, value in r.json()] == [
-        (0, 0.9), (1, 0.5), (2, 0.25)]
-
+# --- TensorBoard (tests/e2e/test_tensorboard.py has the rest) --------------------------------
 
 def test_a_browser_logs_in_once_and_sees_mlflow_and_tensorboard(stack: Stack, alice):
-    """A real browser (Chromium, via Playwright) answering the login prompt as a person does.
-    Runs after the tests above, which created alice's experiment and the TensorBoard run."""
+    """A real browser (Chromium, via Playwright) answering the login prompt as a person does,
+    and following a run's TensorBoard link: it lands in that run's experiment, filtered to it.
+    Runs after the tests above, which created alice's experiment."""
+    shown = laptop_run(stack, alice, "alice-digits", "browser-shown", 0.8, 0.4)
+    hidden = laptop_run(stack, alice, "alice-digits", "browser-hidden", 0.7, 0.3)
+    experiment_id = shown["experiment_id"]
+    names = {f"browser-shown-{shown['run_id']}/train", f"browser-hidden-{hidden['run_id']}/train"}
+    s = stack.session(*alice)
+    stack.wait_for("both runs in TensorBoard", lambda: names <= set(s.get(
+        f"{stack.base_url}/tensorboard/{experiment_id}/data/runs").json()), timeout_s=60)
+    link = stack.wait_for("the run's TensorBoard link", lambda: run_tags(
+        stack, alice, shown["run_id"]).get("mlstack.tensorboard_url"), timeout_s=60)
     image = "mlstack-test/browser:dev"
     base = stack.compose("config", "--format", "json").stdout
     python_image = json.loads(base)["services"]["mlflow"]["build"]["args"]["PYTHON_IMAGE"]
@@ -275,12 +259,13 @@ def test_a_browser_logs_in_once_and_sees_mlflow_and_tensorboard(stack: Stack, al
     proc = subprocess.run(
         ["docker", "run", "--rm", "--network", "host", "-v", f"{shots}:/out",
          "-v", f"{HERE / 'browser'}:/checks:ro", image, stack.base_url, *alice,
-         "alice-digits", "e2e-experiment/run-1-0123abcd", "/out"],
+         "alice-digits", link, shown["run_id"], hidden["run_id"], "/out"],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["mlflow_lists_experiment"] is True, report
     assert report["tensorboard_lists_run"] is True, report
+    assert report["tensorboard_hides_other_runs"] is True, report
     assert report["wrong_password_status"] == 401
     # Nothing the pages needed was refused or broke. (MLflow's UI probes its optional AI
     # assistant, unconfigured here and for admins only: 404 or 403, MLflow's own and harmless.)

@@ -111,7 +111,8 @@ def test_digits_job_by_cli_and_by_curl_is_tracked_in_mlflow_and_tensorboard(stac
     assert job["links"]["mlflow"].endswith(
         f"/#/experiments/{job['experiment_id']}/runs/{run_id}?workflowType=machine_learning")
     # TensorBoard 2.21 filters by the query's runFilter (it ignores one in the fragment).
-    assert job["links"]["tensorboard"].endswith(f"/tensorboard/?runFilter={run_id}#timeseries")
+    assert job["links"]["tensorboard"].endswith(
+        f"/tensorboard/{job['experiment_id']}/?runFilter={run_id}#timeseries")
 
     # The job's output, through the CLI.
     logs = mlstack(stack, carol, "logs", str(cli_job), "-f")
@@ -153,12 +154,13 @@ print(json.dumps({{
     assert seen["artifacts"] == [f"logs/{cli_job}.log"]
     assert seen["signature"] and seen["example"] and seen["pred_shape"] == [2, 10]
 
-    # TensorBoard has the same run's curves at <experiment id>/<run name>-<run id>.
+    # The experiment's TensorBoard has the same run's curves, as <run name>-<run id>.
     s = stack.session(*carol)
-    tb_run = f"{job['experiment_id']}/digits-e2e-{run_id}/train"
+    tb = f"{stack.base_url}/tensorboard/{job['experiment_id']}"
+    tb_run = f"digits-e2e-{run_id}/train"
     stack.wait_for("TensorBoard to load the job's run", lambda: tb_run in s.get(
-        f"{stack.base_url}/tensorboard/data/runs").json(), timeout_s=120)
-    tags = s.get(f"{stack.base_url}/tensorboard/data/plugin/scalars/tags").json()
+        f"{tb}/data/runs").json(), timeout_s=120)
+    tags = s.get(f"{tb}/data/plugin/scalars/tags").json()
     assert "epoch_loss" in tags[tb_run]  # written by Keras' own TensorBoard callback
 
 
@@ -183,9 +185,9 @@ def test_user_code_from_the_projects_directory_runs_tracked(stack: Stack, carol,
         params={"run_id": job["mlflow_run_id"], "metric_key": metric}).json()["metrics"]
     assert sorted(m["step"] for m in history) == list(range(epochs))
     s = stack.session(*carol)
-    tb_run = f"{job['experiment_id']}/{job['name']}-{job['mlflow_run_id']}/train"
+    tb_run = f"{job['name']}-{job['mlflow_run_id']}/train"
     stack.wait_for("TensorBoard to load the job's run", lambda: tb_run in s.get(
-        f"{stack.base_url}/tensorboard/data/runs").json(), timeout_s=120)
+        f"{stack.base_url}/tensorboard/{job['experiment_id']}/data/runs").json(), timeout_s=120)
 
 
 def test_a_running_job_is_cancelled(stack: Stack, carol, tmp_path):

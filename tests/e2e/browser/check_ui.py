@@ -1,7 +1,10 @@
-"""Opens the MLflow UI and TensorBoard through nginx in a real browser, logging in at the
-browser's Basic-auth prompt as a person would, and reports what the pages showed.
+"""Opens the MLflow UI and a run's TensorBoard link through nginx in a real browser, logging in
+at the browser's Basic-auth prompt as a person would, and reports what the pages showed.
 
-    check_ui.py BASE_URL USER PASSWORD EXPERIMENT TENSORBOARD_RUN OUT_DIR
+    check_ui.py BASE_URL USER PASSWORD EXPERIMENT TENSORBOARD_LINK SHOWN_RUN HIDDEN_RUN OUT_DIR
+
+The link is the run's (its experiment's TensorBoard, filtered to SHOWN_RUN): SHOWN_RUN must be
+listed, HIDDEN_RUN (another run of the same experiment) not.
 """
 
 import json
@@ -9,7 +12,7 @@ import sys
 
 from playwright.sync_api import sync_playwright
 
-base, user, password, experiment, tb_run, out = sys.argv[1:]
+base, user, password, experiment, tb_link, shown_run, hidden_run, out = sys.argv[1:]
 report: dict = {"errors": []}
 
 with sync_playwright() as p:
@@ -32,12 +35,15 @@ with sync_playwright() as p:
         report["mlflow_lists_experiment"] = f"{exc}"
     page.screenshot(path=f"{out}/mlflow.png")
 
-    page.goto(f"{base}/tensorboard/#timeseries")
+    page.goto(tb_link)
     try:
-        page.get_by_text(tb_run).first.wait_for(timeout=60_000)
+        page.get_by_text(shown_run).first.wait_for(timeout=60_000)
         report["tensorboard_lists_run"] = True
     except Exception as exc:  # noqa: BLE001
         report["tensorboard_lists_run"] = f"{exc}"
+    page.wait_for_timeout(3000)  # the charts settle
+    hidden = page.get_by_text(hidden_run).count()
+    report["tensorboard_hides_other_runs"] = True if hidden == 0 else f"{hidden} mentions"
     page.screenshot(path=f"{out}/tensorboard.png")
 
     # The same browser with a wrong password gets no page.

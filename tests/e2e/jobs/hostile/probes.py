@@ -99,6 +99,15 @@ def main(params, tb_dir):
         "trainer-api direct": attempt(lambda: connect("trainer-api", 8000)),
         "internet": attempt(lambda: connect("pypi.org", 443)),
     }
+    # Links in its own TensorBoard folder to another experiment's, for TensorBoard (which
+    # follows links) to show to this experiment's readers. Making them works; they must
+    # never be followed.
+    tb_root = "/var/lib/mlstack/tb-logs"
+    os.makedirs(os.path.join(tb_dir, "train"), exist_ok=True)
+    for link, target in (("leak-absolute", f"{tb_root}/{params['victim_tb_dir']}"),
+                         ("train/leak-relative", f"../../../tb-logs/{params['victim_tb_dir']}"),
+                         ("leak-root", tb_root)):
+        os.symlink(target, os.path.join(tb_dir, link))
     # Its own work, which must succeed: metrics, an artifact, TensorBoard curves.
     for step in range(3):
         mlflow.log_metric("own_metric", step * 1.5, step=step)
