@@ -109,6 +109,8 @@ def copy_run(s3, bucket: str, tb_root: Path, experiment_id: str, run_id: str,
         raise ValueError(f"artifacts at {artifact_uri!r}, not in the platform's bucket")
     prefix = artifact_uri[len(ARTIFACT_ROOT):].strip("/") + f"/{PREFIX}/"
     folder = find_run_folder(tb_root, experiment_id, run_id)
+    if folder is not None and not os.access(folder, os.W_OK):
+        raise ValueError("its TensorBoard folder is a trainer job's, written by the worker")
     if folder is None:
         make_dir(tb_root / experiment_id, EXPERIMENT_DIR_MODE)
         folder = tb_root / experiment_id / run_folder_name(run_name, run_id)
@@ -142,8 +144,12 @@ def sync_pass(conn, s3, bucket: str, tb_root: Path, tracking_store, public_url: 
         if stage == "active":
             try:
                 copied = copy_run(s3, bucket, tb_root, experiment_id, run_id, name, artifact_uri)
-            except ValueError as exc:
+            except ValueError as exc:  # will not change by trying again
                 print(f"[janitor] run {run_id}: TensorBoard files not copied: {exc}", flush=True)
+            except Exception as exc:  # noqa: BLE001 - S3 down, a full disk: the next pass retries
+                print(f"[janitor] run {run_id}: copying TensorBoard files failed, will retry: "
+                      f"{exc}", flush=True)
+                continue
             else:
                 run = tracking_store.get_run(run_id)
                 if TAG not in run.data.tags:
