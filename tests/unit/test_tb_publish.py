@@ -56,3 +56,20 @@ def test_a_job_folder_that_is_gone_or_a_link_is_not_read(tmp_path):
     os.symlink(elsewhere, tmp_path / "job")
     assert Publisher(tmp_path / "job", target).publish_once() == 0
     assert list(target.iterdir()) == []
+
+
+def test_what_a_job_may_fill_the_volume_with_is_bounded(tmp_path, capsys):
+    source, target = tmp_path / "job", tmp_path / "published"
+    source.mkdir()
+    target.mkdir()
+    with open(source / "sparse.tfevents", "wb") as f:
+        f.truncate(300 << 20)  # 300 MB of holes: nothing on the job's disk
+    (source / "a.tfevents").write_bytes(b"a" * 3000)
+    (source / "b.tfevents").write_bytes(b"b" * 3000)
+    publisher = Publisher(source, target, max_bytes=4000)
+    publisher.publish_once()
+    publisher.publish_once()
+    assert sorted(p.name for p in target.iterdir()) == ["a.tfevents"]
+    said = capsys.readouterr().out
+    assert said.count("sparse.tfevents not shown: a sparse file") == 1
+    assert said.count("b.tfevents not shown: over the 0 MB") == 1

@@ -425,11 +425,31 @@ def test_pool_starts_once_for_concurrent_requests(standin, tmp_path):
     assert standin.starts() == ["/tensorboard/1"]
 
 
+def test_one_users_burst_of_selections_neither_crashes_nor_evicts_views_in_use(standin,
+                                                                              tmp_path):
+    """Many different selections at once (each a new TensorBoard): starts are one at a time,
+    the cap holds, TensorBoards used in the last `busy_s` are not thrown out (the surplus is
+    refused with a 503 message instead), and nothing raises anything else."""
+    async def go():
+        pool = make_pool(standin, tmp_path, max_resident=3, busy_s=60)
+        await pool.ensure(Selection((1,)))  # someone else's, in use
+        in_use = pool._procs["1"].proc.pid
+        outcomes = await asyncio.gather(
+            *[pool.ensure(Selection((1, n))) for n in range(2, 14)], return_exceptions=True)
+        assert all(isinstance(o, int) or isinstance(o, StartFailed) for o in outcomes), outcomes
+        assert sum(isinstance(o, StartFailed) for o in outcomes) == 10
+        assert "busy" in str(next(o for o in outcomes if isinstance(o, StartFailed)))
+        assert len(pool.resident()) == 3 and "1" in pool.resident()
+        assert pool._procs["1"].proc.pid == in_use
+        await pool.close()
+    asyncio.run(go())
+
+
 def test_pool_evicts_least_recently_used_and_stops_idle(standin, tmp_path, caplog):
     caplog.set_level("INFO", logger="mlstack_tensorboard")
 
     async def go():
-        pool = make_pool(standin, tmp_path, max_resident=2, idle_s=0.5)
+        pool = make_pool(standin, tmp_path, max_resident=2, idle_s=0.5, busy_s=0)
         await pool.ensure(Selection((1,)))
         await pool.ensure(Selection((2,)))
         await pool.ensure(Selection((1,)))  # 2 is now the least recently used

@@ -7,6 +7,9 @@ a job could link to another experiment's folder and have its curves shown to its
 experiment's readers. The copy opens every folder and file relative to its parent without
 following links (os.fwalk, O_NOFOLLOW), so a link, a FIFO or a folder swapped for a link
 mid-walk is skipped, never read. Event files only grow: each pass copies the new bytes.
+What a job may fill the shared volume with is bounded: at most `max_bytes` in all
+(TRAINER_MAX_TENSORBOARD_MB), and sparse files (a terabyte of holes costs the job nothing and
+the copy everything) are not copied.
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ _CHUNK = 1 << 20
 
 
 class Publisher:
-    def __init__(self, source: Path, target: Path, every_s: float = 2.0):
+    def __init__(self, source: Path, target: Path, every_s: float = 2.0,
+                 max_bytes: int = 2 << 30):
         self.source, self.target, self.every_s = source, target, every_s
+        self.max_bytes = max_bytes
         self._copied: dict[str, int] = {}  # relative path -> bytes copied
+        self._told: set[str] = set()  # what was said about skipped files, said once
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="tb-publish", daemon=True)
 
@@ -34,7 +40,10 @@ class Publisher:
         """Stop the periodic copy and copy once more: what the job wrote last."""
         self._stop.set()
         self._thread.join()
-        self.publish_once()
+        try:
+            self.publish_once()
+        except OSError as exc:  # the job's own files are at stake, not its outcome
+            print(f"[worker] copying TensorBoard files failed: {exc}", flush=True)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every_s):
@@ -54,7 +63,7 @@ class Publisher:
             for dirpath, _, filenames, dirfd in os.fwalk(".", dir_fd=root, follow_symlinks=False):
                 relative_dir = os.path.normpath(dirpath)
                 (self.target / relative_dir).mkdir(mode=0o750, parents=True, exist_ok=True)
-                for name in filenames:
+                for name in sorted(filenames):  # the same order every pass
                     changed += self._copy(dirfd, name, os.path.join(relative_dir, name))
         finally:
             os.close(root)
@@ -72,8 +81,14 @@ class Publisher:
             done = self._copied.get(relative, 0)
             if st.st_size == done:
                 return 0
+            if st.st_size > (1 << 20) and st.st_blocks * 512 < st.st_size // 2:
+                return self._skip(relative, "a sparse file")
             if st.st_size < done:  # rewritten: copy it whole
                 done = 0
+            total = sum(self._copied.values()) - self._copied.get(relative, 0) + st.st_size
+            if total > self.max_bytes:
+                return self._skip(relative, f"over the {self.max_bytes >> 20} MB the job's "
+                                            "TensorBoard files may take")
             flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if done else os.O_TRUNC)
             out = os.open(self.target / relative, flags, 0o640)
             try:
@@ -90,3 +105,9 @@ class Publisher:
             return 1
         finally:
             os.close(fd)
+
+    def _skip(self, relative: str, why: str) -> int:
+        if relative not in self._told:
+            self._told.add(relative)
+            print(f"[worker] TensorBoard file {relative} not shown: {why}", flush=True)
+        return 0

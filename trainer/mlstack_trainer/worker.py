@@ -108,7 +108,8 @@ class Worker:
                     log.write(f"[mlstack] attempt {claim['attempt']}\n".encode())
                     log.flush()
                 process = sandbox.start(folders, env, log)
-                publisher = Publisher(folders.tensorboard, folders.published).start()
+                publisher = Publisher(folders.tensorboard, folders.published,
+                                      max_bytes=s.max_tensorboard_bytes).start()
                 timeout_s = int(job["spec"].get("resources", {}).get("timeout_seconds") or 3600)
                 try:
                     outcome = self._supervise(job["id"], timeout_s, claim["lease_seconds"],

@@ -42,7 +42,11 @@ def ensure_queue(server, dbname: str, owner: str) -> None:
 
 
 # The statement the MLflow server runs after an upload (SQLAlchemy text; PostgreSQL and SQLite).
-REQUEST_SYNC = (f"INSERT INTO {QUEUE} (run_uuid, requested_at) VALUES (:run, :at) "
+# Only for a run of the experiment the upload's path names: MLflow checks the uploader's rights
+# on that experiment alone, so a path pairing one's own experiment with another's run id must
+# not touch that run.
+REQUEST_SYNC = (f"INSERT INTO {QUEUE} (run_uuid, requested_at) SELECT :run, :at WHERE EXISTS "
+                "(SELECT 1 FROM runs WHERE run_uuid = :run AND experiment_id = :experiment) "
                 "ON CONFLICT (run_uuid) DO UPDATE SET requested_at = excluded.requested_at")
 
 
@@ -122,14 +126,24 @@ def copy_run(s3, bucket: str, tb_root: Path, experiment_id: str, run_id: str,
             if relative is None:
                 continue
             target = folder.joinpath(*relative.parts)
-            if target.exists() and target.stat().st_size == obj["Size"]:
+            try:
+                if target.is_file() and target.stat().st_size == obj["Size"]:
+                    continue
+                for parent in reversed(target.relative_to(folder).parents[:-1]):
+                    make_dir(folder / parent)
+            except OSError as exc:  # a file where a folder must go, a name too long: skip it
+                print(f"[janitor] {obj['Key']}: not copied for TensorBoard: {exc}", flush=True)
                 continue
-            for parent in reversed(target.relative_to(folder).parents[:-1]):
-                make_dir(folder / parent)
-            partial = target.with_name(f".{target.name}.partial")
-            s3.download_file(bucket, obj["Key"], str(partial))
-            os.chmod(partial, 0o640)
-            os.replace(partial, target)  # TensorBoard never reads half a file
+            partial = target.with_name(f".{target.name[:200]}.partial")
+            try:
+                s3.download_file(bucket, obj["Key"], str(partial))
+                os.chmod(partial, 0o640)
+                os.replace(partial, target)  # TensorBoard never reads half a file
+            except (IsADirectoryError, NotADirectoryError, FileExistsError) as exc:
+                print(f"[janitor] {obj['Key']}: not copied for TensorBoard: {exc}", flush=True)
+                continue
+            finally:
+                partial.unlink(missing_ok=True)
             copied += 1
     return copied
 

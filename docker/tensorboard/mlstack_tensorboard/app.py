@@ -66,6 +66,8 @@ class Router:
 
     async def prepare(self, selection: Selection) -> int:
         """Refresh the view if due, then the port of a ready TensorBoard over it."""
+        if len(self._views) > 2 * self.pool.max_resident:
+            await self._forget_unused()
         state = self._views.setdefault(selection.name, _View(asyncio.Lock()))
         async with state.lock:
             if time.monotonic() - state.refreshed >= REFRESH_S:
@@ -90,6 +92,15 @@ class Router:
             # Stock TensorBoard keeps what it loaded; only a new process forgets a deleted run.
             await self.pool.stop(selection.name, f"run deleted: {', '.join(changes.removed)}")
 
+
+    async def _forget_unused(self) -> None:
+        """The views of selections with no TensorBoard running: every selection a user ever
+        asked for must not stay on disk and in memory (each is rebuilt when asked again)."""
+        resident = set(self.pool.resident())
+        for name, state in list(self._views.items()):
+            if name not in resident and not state.lock.locked():
+                del self._views[name]
+                await asyncio.to_thread(views.remove, self.views_root / name)
 
     def _sync(self, selection: Selection, runs) -> views.Changes:
         links = views.desired_links(self.tb_root, runs, selection.nested)

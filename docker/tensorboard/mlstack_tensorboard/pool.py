@@ -3,8 +3,10 @@
 Why processes and not one TensorBoard with many logdirs: TensorBoard has no users, so the
 only way to show a user just their experiments is a TensorBoard that can see nothing else.
 
-Bounds: at most `max_resident` at once (starting one more stops the least recently used),
-and any left idle for `idle_s` is stopped. A process that died is noticed (by the periodic
+Bounds: at most `max_resident` at once (starting one more stops the least recently used
+that nobody used in the last `busy_s`; when all are busy the start is refused, 503, rather
+than one user's burst of selections throwing out everyone else's), and any left idle for
+`idle_s` is stopped. Starts happen one at a time. A process that died is noticed (by the periodic
 check or the next request), logged and started again on the next request.
 
 Each process runs in a session of its own so that stopping it (SIGTERM to its process group)
@@ -35,7 +37,8 @@ Command = Callable[[Selection, int, Path], list[str]]
 
 
 class StartFailed(Exception):
-    """TensorBoard did not answer in time (or exited while starting)."""
+    """TensorBoard did not answer in time (or exited while starting), or the pool is full of
+    TensorBoards in use."""
 
 
 @dataclass
@@ -59,7 +62,8 @@ def free_port() -> int:
 
 class Pool:
     def __init__(self, command: Command, view_dir: Callable[[Selection], Path], *,
-                 max_resident: int, idle_s: float, start_timeout_s: float = 60.0):
+                 max_resident: int, idle_s: float, start_timeout_s: float = 60.0,
+                 busy_s: float = 10.0):
         self._command = command
         self._view_dir = view_dir
         self.max_resident = max_resident
@@ -68,6 +72,8 @@ class Pool:
         self._procs: OrderedDict[str, _Process] = OrderedDict()  # least recently used first
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(5.0), trust_env=False)
         self._tasks: set[asyncio.Task] = set()  # the loop keeps only weak references
+        self.busy_s = busy_s
+        self._starting = asyncio.Lock()
 
     def resident(self) -> list[str]:
         return list(self._procs)
@@ -84,7 +90,10 @@ class Pool:
             await self.stop(name, f"died, exit code {entry.proc.returncode}")
             entry = None
         if entry is None:
-            entry = await self._start(selection)
+            async with self._starting:
+                entry = self._procs.get(name) or await self._start(selection)
+        if self._procs.get(name) is not entry:  # stopped meanwhile (deleted run, evicted)
+            raise StartFailed(f"TensorBoard for {selection.title} was stopped; try again")
         entry.last_used = time.monotonic()
         self._procs.move_to_end(name)
         try:
@@ -102,6 +111,16 @@ class Pool:
 
     async def _start(self, selection: Selection) -> _Process:
         name = selection.name
+        now = time.monotonic()
+        idle = [n for n, e in self._procs.items()  # least recently used first
+                if e.ready.is_set() and now - e.last_used > self.busy_s]
+        excess = len(self._procs) + 1 - self.max_resident
+        if excess > len(idle):
+            raise StartFailed(f"TensorBoard is busy: {len(self._procs)} experiment views are "
+                              f"open and in use (at most {self.max_resident}); try again in a "
+                              f"minute")
+        for other in idle[:max(0, excess)]:
+            await self.stop(other, f"evicted: more than {self.max_resident} resident")
         port = free_port()
         argv = self._command(selection, port, self._view_dir(selection))
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -109,9 +128,6 @@ class Pool:
         entry = _Process(selection, proc, port, now, now)
         self._procs[name] = entry  # before any await: concurrent callers find it
         log.info("started TensorBoard for %s (pid %d, port %d)", selection.title, proc.pid, port)
-        evict = [n for n in self._procs if n != name][: max(0, len(self._procs) - self.max_resident)]
-        for other in evict:
-            await self.stop(other, f"evicted: more than {self.max_resident} resident")
         task = asyncio.get_running_loop().create_task(self._wait_ready(entry))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -117,3 +117,13 @@ def sync(view_dir: Path, links: Mapping[str, Path]) -> Changes:
         except OSError:
             pass
     return Changes(tuple(added), tuple(removed))
+
+
+def remove(view_dir: Path) -> None:
+    """Remove a view: its symlinks, then its (now empty) folders; never anything else."""
+    if view_dir.is_dir() and not view_dir.is_symlink():
+        sync(view_dir, {})
+        try:
+            view_dir.rmdir()
+        except OSError:
+            pass  # something the router did not make: left alone
