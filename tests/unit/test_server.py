@@ -50,7 +50,8 @@ def test_auth_ini_uses_its_own_database_and_caches_credentials(config):
     ini.read(env["MLFLOW_AUTH_CONFIG_PATH"])
     assert ini["mlflow"]["database_uri"].endswith("/mlflow_auth")
     assert ini["mlflow"]["default_permission"] == "NO_PERMISSIONS"
-    assert ini["mlflow"]["auth_cache_ttl_seconds"] == "60"
+    # At most 10 s: a changed password is refused everywhere within 15 s.
+    assert ini["mlflow"]["auth_cache_ttl_seconds"] == "10"
     assert ini["mlflow"]["admin_username"] == "admin"
     # The admin's password is not needed by the server: init created the user.
     assert "admin_password" not in ini["mlflow"]

@@ -13,28 +13,13 @@ from mlflow.server.auth.client import AuthServiceClient
 
 from mlstack_platform import tensorboard_sync
 from mlstack_platform.app import parse_selection
-from tests.mlflow_server import mlflow_server
 
-ADMIN = ("admin", "admin-password-for-tests")
-ALICE = ("alice", "alice-password-for-tests")
-BOB = ("bob", "bob-password-for-tests")
+from .conftest import ADMIN, ALICE, BOB
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow-mlstack-app")
-    # The queue table init creates on the platform (PostgreSQL); here, in MLflow's SQLite file.
-    with sqlite3.connect(root / "mlflow.db") as db:
-        db.execute(f"CREATE TABLE {tensorboard_sync.QUEUE} (run_uuid varchar(32) PRIMARY KEY, "
-                   "requested_at bigint NOT NULL)")
-    with mlflow_server(root, admin=ADMIN, app="mlstack", gunicorn=True) as uri:
-        auth = AuthServiceClient(uri)
-        with pytest.MonkeyPatch.context() as env:
-            env.setenv("MLFLOW_TRACKING_USERNAME", ADMIN[0])
-            env.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN[1])
-            for username, password in (ALICE, BOB):
-                auth.create_user(username, password)
-        yield {"uri": uri, "db": root / "mlflow.db"}
+@pytest.fixture
+def server(mlstack_app):
+    return mlstack_app
 
 
 def api(server, user, method, path, **kwargs) -> requests.Response:
@@ -140,6 +125,11 @@ def test_compare_sends_the_chosen_experiments_to_one_tensorboard(server):
                             "&experiment=3&experiment=x&experiment=3", auth=ALICE, timeout=30,
                             allow_redirects=False)
     assert response.status_code == 303 and response.headers["Location"] == "/tensorboard/3,12/"
+    # Digits that are not ASCII ("²", Arabic-Indic) are not experiment ids.
+    response = requests.get(f"{server['uri']}/mlstack/tensorboard/compare",
+                            params={"experiment": ["²", "١١٧", "7"]}, auth=ALICE, timeout=30,
+                            allow_redirects=False)
+    assert response.status_code == 303 and response.headers["Location"] == "/tensorboard/7/"
 
 
 def test_uploads_under_tensorboard_are_queued_for_the_janitor(server):
@@ -164,4 +154,9 @@ def test_uploads_under_tensorboard_are_queued_for_the_janitor(server):
     bobs_base = base.replace(f"/{alices}/{run_id}/", f"/{bobs}/{bobs_run}/")
     assert requests.put(f"{bobs_base}/tensorboard/x", data=b"x", auth=ALICE,
                         timeout=30).status_code == 403
+    assert bobs_run not in queued()
+    # bob's run id under alice's own experiment: MLflow checks alice's rights on her
+    # experiment only, and takes it; bob's run is not touched (its files are not there).
+    mixed = base.replace(f"/{run_id}/", f"/{bobs_run}/")
+    assert requests.put(f"{mixed}/tensorboard/x", data=b"x", auth=ALICE, timeout=30).ok
     assert bobs_run not in queued()

@@ -23,7 +23,7 @@ class Caller:
 
 
 class Authenticator:
-    def __init__(self, mlflow_uri: str, ttl_s: float = 10, max_entries: int = 10_000):
+    def __init__(self, mlflow_uri: str, ttl_s: float = 4, max_entries: int = 10_000):
         self._url = f"{mlflow_uri.rstrip('/')}/api/2.0/mlflow/users/current"
         self._ttl_s = ttl_s
         self._max = max_entries

@@ -76,7 +76,8 @@ class ApiSettings:
             origins=tuple(origins),
             lease_s=integer("TRAINER_LEASE_SECONDS", 60, 10),
             max_code_bytes=integer("TRAINER_MAX_CODE_MB", 50, 1) * 1024 * 1024,
-            identity_cache_s=integer("TRAINER_IDENTITY_CACHE_SECONDS", 10, 0),
+            # With MLflow's own cache (at most 10 s), a changed password is refused within 15 s.
+            identity_cache_s=integer("TRAINER_IDENTITY_CACHE_SECONDS", 4, 0),
             secrets_dir=secrets_dir,
         )
 
@@ -107,6 +108,7 @@ class WorkerSettings:
     gpus: int
     pip_index_url: str | None
     image: str
+    max_tensorboard_bytes: int  # per job: what the worker copies of its TensorBoard files
 
     @classmethod
     def from_env(cls) -> WorkerSettings:
@@ -124,6 +126,7 @@ class WorkerSettings:
             gpus=integer("TRAINER_GPUS", count_gpus()),
             pip_index_url=env("TRAINER_PIP_INDEX_URL", "") or None,
             image=env("MLSTACK_TRAINER_IMAGE", "mlstack/trainer"),
+            max_tensorboard_bytes=integer("TRAINER_MAX_TENSORBOARD_MB", 2048, 1) * 1024 * 1024,
         )
 
 

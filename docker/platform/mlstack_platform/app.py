@@ -9,18 +9,21 @@ truth for TensorBoard too:
                                     TensorBoard data (HTML, or JSON with ?format=json)
 
 and, after each artifact upload under a run's `tensorboard/` folder, a row in the queue the
-janitor copies event files from (see tensorboard_sync.py).
+janitor copies event files from (see tensorboard_sync.py); before a model version is created,
+a check that its source is a run's or logged model's artifacts the caller may read
+(model_sources.py).
 """
 
 from __future__ import annotations
 
 import html
+import json
 import logging
 import re
 
 from flask import Flask, Response, jsonify, redirect, request
 
-from . import tensorboard_sync
+from . import model_sources, tensorboard_sync
 
 _logger = logging.getLogger(__name__)
 
@@ -106,7 +109,8 @@ def index() -> Response:
 
 def compare() -> Response:
     """The index's form: the chosen experiments side by side in one TensorBoard."""
-    ids = sorted({i for i in request.args.getlist("experiment") if i.isdigit()}, key=int)
+    ids = sorted({i for i in request.args.getlist("experiment")
+                  if re.fullmatch(r"[0-9]{1,18}", i)}, key=int)
     if not ids:
         return redirect("/tensorboard/", code=303)
     return redirect(f"/tensorboard/{','.join(ids[:MAX_COMPARED])}/", code=303)
@@ -143,10 +147,31 @@ def _queue_tensorboard_upload(response: Response) -> Response:
         try:
             with _get_tracking_store().engine.begin() as conn:
                 conn.execute(text(tensorboard_sync.REQUEST_SYNC),
-                             {"run": match["run"], "at": tensorboard_sync.now_ms()})
+                             {"run": match["run"], "at": tensorboard_sync.now_ms(),
+                              "experiment": int(match["experiment"])})
         except Exception:  # noqa: BLE001 - the upload itself succeeded: never fail it
             _logger.exception("could not queue run %s for TensorBoard", match["run"])
     return response
+
+
+def _check_model_version_source() -> Response | None:
+    """Before MLflow creates a model version (after its own authentication and checks)."""
+    if request.method != "POST" or request.path not in model_sources.CREATE_PATHS:
+        return None
+    from mlflow.server.handlers import _get_tracking_store
+
+    body = request.get_json(silent=True)
+    source = body.get("source") if isinstance(body, dict) else None
+    if not isinstance(source, str):
+        return None  # MLflow answers a missing or malformed source itself (400)
+    username, is_admin = _caller()
+    try:
+        model_sources.check(source, username, is_admin, _get_tracking_store(), can_read)
+    except model_sources.SourceRefused as exc:
+        code = "PERMISSION_DENIED" if exc.status == 403 else "INVALID_PARAMETER_VALUE"
+        return Response(json.dumps({"error_code": code, "message": str(exc)}), status=exc.status,
+                        mimetype="application/json")
+    return None
 
 
 def create_app(app: Flask | None = None):
@@ -165,4 +190,7 @@ def create_app(app: Flask | None = None):
     flask_app.add_url_rule(INDEX, "mlstack_tensorboard_index", index, methods=["GET"])
     flask_app.add_url_rule(COMPARE, "mlstack_tensorboard_compare", compare, methods=["GET"])
     flask_app.after_request(_queue_tensorboard_upload)
-    return auth.create_app(flask_app)
+    wrapped = auth.create_app(flask_app)
+    # After MLflow's own before-request hooks: the caller is authenticated by then.
+    flask_app.before_request(_check_model_version_source)
+    return wrapped

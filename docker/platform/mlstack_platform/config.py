@@ -54,8 +54,10 @@ class PlatformConfig:
             db_max_overflow=settings.integer("MLFLOW_DB_MAX_OVERFLOW", 5, minimum=0, maximum=100),
             default_permission=settings.choice(
                 "MLFLOW_AUTH_DEFAULT_PERMISSION", "NO_PERMISSIONS", PERMISSIONS),
+            # At most 10: with the jobs API's own 4 s, a changed password or a deleted user
+            # is refused everywhere within 15 s.
             auth_cache_ttl_s=settings.integer(
-                "MLFLOW_AUTH_CACHE_TTL_SECONDS", 60, minimum=0, maximum=3600),
+                "MLFLOW_AUTH_CACHE_TTL_SECONDS", 10, minimum=0, maximum=10),
             wait_s=settings.integer("MLSTACK_INIT_WAIT_SECONDS", 120, maximum=3600),
             user_tls_cert=Path(settings.text("MLSTACK_USER_TLS_CERT", "/run/secrets/tls_cert")),
             user_tls_key=Path(settings.text("MLSTACK_USER_TLS_KEY", "/run/secrets/tls_key")),
