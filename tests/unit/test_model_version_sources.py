@@ -49,8 +49,8 @@ def make_run(app, user, experiment_name) -> tuple[str, str]:
     return experiment_id, run["run"]["info"]["run_id"]
 
 
-def create_version(app, user, model, source, run_id=None):
-    body = {"name": model, "source": source, **({"run_id": run_id} if run_id else {})}
+def create_version(app, user, model, source, run_id=None, **more):
+    body = {"name": model, "source": source, **({"run_id": run_id} if run_id else {}), **more}
     return rest(app, user, "post", "model-versions/create", json=body)
 
 
@@ -86,6 +86,24 @@ def test_a_user_registers_their_own_runs_artifacts_but_not_someone_elses(mlstack
                     params={"name": "bob-sources-model"}).json()["registered_model"]
     assert {v["source"] for v in versions.get("latest_versions", [])} <= {
         f"runs:/{bobs_run}/model", f"mlflow-artifacts:/{bobs_exp}/{bobs_run}/artifacts/model"}
+
+
+def test_a_logged_model_registers_by_its_models_uri_for_its_readers_only(mlstack_app):
+    """What mlflow.<flavor>.log_model(..., registered_model_name=...) sends in MLflow 3."""
+    app = mlstack_app
+    experiment_id, run_id = make_run(app, ALICE, "alice-logged-models")
+    model_id = rest(app, ALICE, "post", "logged-models", json={
+        "experiment_id": experiment_id, "name": "model", "source_run_id": run_id}
+    ).json()["model"]["info"]["model_id"]
+    for user, name in ((ALICE, "alice-logged"), (BOB, "bob-logged")):
+        rest(app, user, "post", "registered-models/create", json={"name": name})
+    ok = create_version(app, ALICE, "alice-logged", f"models:/{model_id}", run_id,
+                        model_id=model_id)
+    assert ok.status_code == 200, ok.text
+    location = f"mlflow-artifacts:/{experiment_id}/models/{model_id}/artifacts"
+    for source in (f"models:/{model_id}", location):
+        refused = create_version(app, BOB, "bob-logged", source, model_id=model_id)
+        assert refused.status_code == 403, refused.text
 
 
 def test_an_unknown_run_is_refused(mlstack_app):

@@ -40,8 +40,7 @@ def parse(source: str) -> dict[str, str | None]:
             if path and not _plain(path):
                 raise SourceRefused(f"model version source {source!r}: the path must not "
                                     "contain '..', '.', empty parts, '%' or '\\\\'")
-            found.setdefault("experiment", None)
-            return found
+            return {key: found.get(key) for key in ("run", "model", "experiment")}
     raise SourceRefused(
         f"model version source {source!r} is not allowed: use the artifacts of a run or a "
         f"logged model you may read (runs:/<run id>/<path>, models:/<model id>, or their "
