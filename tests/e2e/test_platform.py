@@ -259,11 +259,13 @@ def test_a_browser_logs_in_once_and_sees_mlflow_and_tensorboard(stack: Stack, al
     proc = subprocess.run(
         ["docker", "run", "--rm", "--network", "host", "-v", f"{shots}:/out",
          "-v", f"{HERE / 'browser'}:/checks:ro", image, stack.base_url, *alice,
-         "alice-digits", link, shown["run_id"], hidden["run_id"], "/out"],
+         "alice-digits", f"#/experiments/{experiment_id}/runs/{shown['run_id']}",
+         "browser-shown", link, shown["run_id"], hidden["run_id"], "/out"],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["mlflow_lists_experiment"] is True, report
+    assert report["mlflow_shows_run"] is True, report
     assert report["tensorboard_lists_run"] is True, report
     assert report["tensorboard_hides_other_runs"] is True, report
     assert report["wrong_password_status"] == 401
@@ -272,6 +274,8 @@ def test_a_browser_logs_in_once_and_sees_mlflow_and_tensorboard(stack: Stack, al
     refused = [e for e in report["errors"]
                if e.startswith(("401", "403", "5")) and "/mlflow/assistant/" not in e]
     assert refused == [], refused
+    # Both UIs work under the front door's Content-Security-Policy.
+    assert report["csp_violations"] == [], report["csp_violations"]
     assert (shots / "mlflow.png").stat().st_size > 10_000
     assert (shots / "tensorboard.png").stat().st_size > 10_000
 

@@ -59,3 +59,7 @@ def test_host_names_reach_nginx_and_the_jobs_api_as_parsed_once(monkeypatch, tmp
         "server_name ml.example.com localhost 10.0.0.5;\n"
     assert (tmp_path / "trainer" / "public_origins").read_text().split() == [
         "https://ml.example.com:8443", "https://localhost:8443", "https://10.0.0.5:8443"]
+    # nginx's CORS map: exactly the platform's own origins.
+    assert (tmp_path / "tls" / "cors_origins.conf").read_text().splitlines() == [
+        '"https://ml.example.com:8443" $http_origin;', '"https://localhost:8443" $http_origin;',
+        '"https://10.0.0.5:8443" $http_origin;']

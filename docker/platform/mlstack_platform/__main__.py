@@ -58,11 +58,16 @@ def run_secrets(config: PlatformConfig) -> None:
 
 def publish_names(config: PlatformConfig) -> None:
     """The host names as parsed here, for the services that must agree on them: nginx's
-    server_name (a comma or stray space in MLSTACK_HOSTNAMES never reaches nginx) and the jobs
-    API's public origins (the links it hands out, the Origins it accepts)."""
+    server_name and CORS origins (a comma or stray space in MLSTACK_HOSTNAMES never reaches
+    nginx) and the jobs API's public origins (the links it hands out, the Origins it
+    accepts)."""
     server_names = settings.TLS_DIR / "server_names.conf"
     server_names.write_text(f"server_name {' '.join(config.hostnames)};\n")
     server_names.chmod(0o644)
+    # nginx's CORS map: the platform's own origins are the only ones answered.
+    cors = settings.TLS_DIR / "cors_origins.conf"
+    cors.write_text("".join(f'"{origin}" $http_origin;\n' for origin in config.origins()))
+    cors.chmod(0o644)
     origins = settings.TRAINER_SECRETS_DIR / "public_origins"
     origins.write_text("".join(f"{origin}\n" for origin in config.origins()))
     origins.chmod(0o644)

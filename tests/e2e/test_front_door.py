@@ -1,0 +1,175 @@
+"""The front door against someone on the network and a curious teammate: TLS, the headers a
+browser obeys, CORS, how fast a changed password stops working, and model versions pointing at
+files their creator may not read. Each attack is performed through nginx and seen refused."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from .stack import Stack
+from .test_tensorboard import make_user
+
+
+@pytest.fixture(scope="module")
+def dora(stack: Stack):
+    return make_user(stack, "dora")
+
+
+@pytest.fixture(scope="module")
+def emil(stack: Stack):
+    return make_user(stack, "emil")
+
+
+def handshake(stack: Stack, version: ssl.TLSVersion, ciphers: str | None = None) -> str:
+    """The cipher negotiated, or the error that ended the handshake."""
+    context = ssl.create_default_context(cafile=str(stack.ca_file))
+    context.minimum_version = context.maximum_version = version
+    if ciphers:
+        context.set_ciphers(ciphers)
+    try:
+        with socket.create_connection(("127.0.0.1", stack.https_port), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname="localhost") as tls:
+            return tls.cipher()[0]
+    except (ssl.SSLError, ConnectionError) as exc:
+        return f"refused: {exc}"
+
+
+def test_tls_offers_only_forward_secret_aead_suites(stack: Stack):
+    assert not handshake(stack, ssl.TLSVersion.TLSv1_3).startswith("refused")
+    negotiated = handshake(stack, ssl.TLSVersion.TLSv1_2)
+    assert "GCM" in negotiated or "CHACHA20" in negotiated, negotiated
+    # CBC with SHA-1 or SHA-2, and RSA key exchange: not offered.
+    for weak in ("ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA",
+                 "ECDHE-ECDSA-AES128-SHA256:ECDHE-RSA-AES128-SHA256:ECDHE-RSA-AES256-SHA384",
+                 "AES128-GCM-SHA256:AES256-GCM-SHA384:AES128-SHA"):
+        assert handshake(stack, ssl.TLSVersion.TLSv1_2, weak).startswith("refused"), weak
+
+
+SECURITY_HEADERS = ("Strict-Transport-Security", "X-Content-Type-Options", "Referrer-Policy",
+                    "X-Frame-Options", "Content-Security-Policy")
+
+
+def test_every_response_carries_the_browser_protections(stack: Stack, dora):
+    s = stack.session(*dora)
+    anonymous = stack.session()
+    responses = {
+        "MLflow UI": s.get(f"{stack.base_url}/"),
+        "REST API": s.get(f"{stack.base_url}/api/2.0/mlflow/experiments/search"),
+        "TensorBoard index": s.get(f"{stack.base_url}/tensorboard/"),
+        "TensorBoard refused": s.get(f"{stack.base_url}/tensorboard/all/"),
+        "jobs API": s.get(f"{stack.base_url}/trainer/api/config"),
+        "jobs API docs": s.get(f"{stack.base_url}/trainer/api/docs"),
+        "login required": anonymous.get(f"{stack.base_url}/"),
+        "not found": s.get(f"{stack.base_url}/tensorboard/no-such-thing/"),
+        "bad request": s.post(f"{stack.base_url}/api/2.0/mlflow/runs/create", data="{not json"),
+    }
+    for what, r in responses.items():
+        for header in SECURITY_HEADERS:
+            assert r.headers.get(header), (what, r.status_code, header)
+            # Once: a service's own copy is dropped, not repeated.
+            assert "," not in r.headers[header] or header == "Content-Security-Policy", (
+                what, header, r.headers[header])
+        csp = r.headers["Content-Security-Policy"]
+        assert "frame-ancestors 'self'" in csp and "object-src 'none'" in csp, what
+        assert r.headers["Referrer-Policy"] == "same-origin"
+        assert r.headers["X-Frame-Options"] == "SAMEORIGIN"
+
+
+@pytest.mark.parametrize("origin", ["http://localhost:3000", "http://localhost",
+                                    "https://evil.example", "null"])
+def test_credentialed_cross_origin_requests_are_answered_for_the_platforms_origin_only(
+        stack: Stack, dora, origin):
+    s = stack.session(*dora)
+    url = f"{stack.base_url}/api/2.0/mlflow/experiments/search"
+    foreign = s.get(url, headers={"Origin": origin})
+    assert "Access-Control-Allow-Origin" not in foreign.headers, foreign.headers
+    assert "Access-Control-Allow-Credentials" not in foreign.headers
+    preflight = s.options(url, headers={"Origin": origin,
+                                        "Access-Control-Request-Method": "POST"})
+    assert "Access-Control-Allow-Origin" not in preflight.headers, preflight.headers
+    own_origin = f"https://localhost:{stack.https_port}"
+    own = s.get(url, headers={"Origin": own_origin})
+    assert own.headers["Access-Control-Allow-Origin"] == own_origin
+    assert own.headers["Access-Control-Allow-Credentials"] == "true"
+
+
+def paths_answer(stack: Stack, user) -> dict[str, int]:
+    s = stack.session(*user)
+    return {path: s.get(f"{stack.base_url}{path}").status_code
+            for path in ("/api/2.0/mlflow/users/current", "/tensorboard/?format=json",
+                         "/trainer/api/jobs")}
+
+
+def test_a_changed_password_and_a_deleted_user_are_refused_everywhere_within_15_s(
+        stack: Stack):
+    user = make_user(stack, "felix")
+    assert set(paths_answer(stack, user).values()) == {200}  # every cache now holds it
+    new = ("felix", "felix-has-a-new-long-password")
+    stack.script("users", "set-password", "felix", "--password-stdin", input=new[1] + "\n")
+    stack.wait_for("the old password to be refused everywhere",
+                   lambda: set(paths_answer(stack, user).values()) == {401},
+                   timeout_s=15, every_s=1)
+    assert set(paths_answer(stack, new).values()) == {200}
+    stack.script("users", "delete", "felix")
+    stack.wait_for("the deleted user to be refused everywhere",
+                   lambda: set(paths_answer(stack, new).values()) == {401},
+                   timeout_s=15, every_s=1)
+
+
+def test_a_model_version_cannot_point_at_files_its_creator_may_not_read(stack: Stack, dora,
+                                                                       emil):
+    """Registering a version whose source is someone else's artifacts (or the bucket itself)
+    would let MLflow serve those files to its creator (`/model-versions/get-artifact`)."""
+    code = """
+import json, mlflow, os, tempfile
+mlflow.set_experiment(os.environ["EXPERIMENT"])
+with mlflow.start_run() as run:
+    path = os.path.join(tempfile.mkdtemp(), "secret.txt")
+    open(path, "w").write("private")
+    mlflow.log_artifact(path, "model")
+print(json.dumps({"run": run.info.run_id, "experiment": run.info.experiment_id}))
+"""
+
+    def logged(user, experiment):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env={**stack.client_env(*user), "EXPERIMENT": experiment},
+                             timeout=120, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    doras, emils = logged(dora, "dora-private"), logged(emil, "emil-models")
+    s = stack.session(*emil)
+    api = f"{stack.base_url}/api/2.0/mlflow"
+    model = f"emil-model-{uuid.uuid4().hex[:6]}"
+    s.post(f"{api}/registered-models/create", json={"name": model})
+    bucket = "mlflow-artifacts"
+    attempts = {
+        f"runs:/{doras['run']}/model": 403,
+        f"mlflow-artifacts:/{doras['experiment']}/{doras['run']}/artifacts/model": 403,
+        f"mlflow-artifacts:/{emils['experiment']}/{doras['run']}/artifacts/model": 400,
+        f"s3://{bucket}/{doras['experiment']}/{doras['run']}/artifacts/model": 400,
+        f"runs:/{emils['run']}/../../{doras['run']}/artifacts/model": 400,
+        "file:///var/lib/mlstack/secrets": 400,
+        "/etc/passwd": 400,
+        "http://169.254.169.254/latest/meta-data/": 400,
+    }
+    for source, status in attempts.items():
+        r = s.post(f"{api}/model-versions/create", json={"name": model, "source": source})
+        assert r.status_code == status, (source, r.status_code, r.text)
+        assert "model version source" in r.json()["message"]
+    # Nothing was registered, and dora's file cannot be fetched through the model registry.
+    assert not s.get(f"{api}/registered-models/get", params={"name": model}).json()[
+        "registered_model"].get("latest_versions")
+    # emil's own run works as ever.
+    ok = s.post(f"{api}/model-versions/create", json={
+        "name": model, "source": f"runs:/{emils['run']}/model", "run_id": emils["run"]})
+    assert ok.status_code == 200, ok.text
+    versions = s.get(f"{api}/registered-models/get", params={"name": model}).json()[
+        "registered_model"]["latest_versions"]
+    assert [v["source"] for v in versions] == [f"runs:/{emils['run']}/model"]
