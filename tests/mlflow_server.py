@@ -21,13 +21,19 @@ from pathlib import Path
 GUNICORN_OPTS = "--worker-class gthread --threads 4 --graceful-timeout 2"
 
 
+# The platform's app uses its own authorization function (failed logins limited).
+AUTH_FUNCTIONS = {"basic-auth": "mlflow.server.auth:authenticate_request_basic_auth",
+                  "mlstack": "mlstack_platform.login:authenticate"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _auth_env(root: Path, admin: tuple[str, str]) -> dict[str, str]:
+def _auth_env(root: Path, admin: tuple[str, str], authorization_function: str
+              ) -> dict[str, str]:
     """The basic-auth app's settings: an ini file, the Flask secret and the first admin."""
     username, password = admin
     ini = configparser.ConfigParser()
@@ -36,7 +42,7 @@ def _auth_env(root: Path, admin: tuple[str, str]) -> dict[str, str]:
         "database_uri": f"sqlite:///{root}/auth.db",
         "admin_username": username,
         "admin_password": password,
-        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+        "authorization_function": authorization_function,
         # As on the platform: a repeated credential costs no password hash (deleting a user
         # through the API still takes effect at once with the one worker here).
         "auth_cache_ttl_seconds": "60",
@@ -64,7 +70,7 @@ def mlflow_server(root: Path, admin: tuple[str, str] | None = None,
         env.pop(name, None)
     auth_args: list[str] = []
     if admin:
-        env.update(_auth_env(root, admin))
+        env.update(_auth_env(root, admin, AUTH_FUNCTIONS[app]))
         auth_args = ["--app-name", app]
     log = open(root / "server.log", "wb")
     server = subprocess.Popen(

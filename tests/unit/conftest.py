@@ -29,7 +29,7 @@ def mlstack_app(tmp_path_factory):
 
     from mlflow.server.auth.client import AuthServiceClient
 
-    from mlstack_platform import tensorboard_sync
+    from mlstack_platform import login, tensorboard_sync
     from tests.mlflow_server import mlflow_server
 
     root = tmp_path_factory.mktemp("mlflow-mlstack-app")
@@ -37,6 +37,9 @@ def mlstack_app(tmp_path_factory):
     with sqlite3.connect(root / "mlflow.db") as db:
         db.execute(f"CREATE TABLE {tensorboard_sync.QUEUE} (run_uuid varchar(32) PRIMARY KEY, "
                    "requested_at bigint NOT NULL)")
+    # The failed-logins table init creates in the auth database.
+    with sqlite3.connect(root / "auth.db") as db:
+        db.execute(login.CREATE_TABLE)
     with mlflow_server(root, admin=ADMIN, app="mlstack", gunicorn=True) as uri:
         with pytest.MonkeyPatch.context() as env:
             env.setenv("MLFLOW_TRACKING_USERNAME", ADMIN[0])

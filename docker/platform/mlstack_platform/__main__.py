@@ -4,7 +4,7 @@
   init         second one-shot: databases and roles, bucket, migrations, admin user
   serve        the MLflow server under gunicorn
   health       exit 0 when the MLflow server answers /health (the container healthcheck)
-  users ...    list / create / set-password / delete MLflow users
+  users ...    list / create / set-password / delete / unblock MLflow users
   credentials  print the admin user name and password
   janitor      the janitor service: marks stale RUNNING runs FAILED, periodically
   janitor-check  exit 0 when the janitor's last pass is recent (its healthcheck)
@@ -104,6 +104,9 @@ def run_init(config: PlatformConfig) -> None:
     log("migrating the auth database")
     subprocess.run([sys.executable, "-m", "mlflow.server.auth", "db", "upgrade",
                     "--url", config.db_uri(config.auth_db)], check=True)
+    from .login import CREATE_TABLE  # Flask: only for the roles that need it
+
+    databases.run_as(server, config.auth_db, config.db_role, CREATE_TABLE)
 
     from . import users  # imports the MLflow server: slow, so only where needed
 
@@ -162,6 +165,11 @@ def run_users(config: PlatformConfig, args: argparse.Namespace) -> None:
     elif args.action == "delete":
         users.delete(store, args.username, settings.secret("admin_username"))
         print(f"deleted user {args.username}")
+    elif args.action == "unblock":
+        from .login import unblock
+
+        lifted = unblock(store.engine, args.username)
+        print(f"failed logins of {args.username} forgotten ({lifted} address(es))")
 
 
 def run_ops(config: PlatformConfig, args: argparse.Namespace) -> int:
@@ -196,10 +204,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--dry-run", action="store_true")
     u = roles.add_parser("users").add_subparsers(dest="action", required=True)
     u.add_parser("list")
-    for action in ("create", "set-password", "delete"):
+    for action in ("create", "set-password", "delete", "unblock"):
         a = u.add_parser(action)
         a.add_argument("username")
-        if action != "delete":
+        if action in ("create", "set-password"):
             a.add_argument("--password-stdin", action="store_true",
                            help="read the password from standard input instead of generating one")
         if action == "create":

@@ -99,3 +99,15 @@ def grant_tensorboard_reads(server: Server, dbname: str) -> None:
                     sql.Identifier(TENSORBOARD_ROLE)))
     finally:
         conn.close()
+
+
+def run_as(server: Server, dbname: str, role: str, statement: str) -> None:
+    """One idempotent statement in a database, as the role that is to own what it creates."""
+    conn = server.connect(dbname)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+            cur.execute(statement)
+    finally:
+        conn.close()

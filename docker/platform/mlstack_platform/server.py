@@ -20,7 +20,8 @@ def write_auth_ini(config: PlatformConfig, path: Path = AUTH_INI) -> Path:
         "default_permission": config.default_permission,
         "database_uri": config.db_uri(config.auth_db),
         "admin_username": settings.secret("admin_username"),
-        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+        # MLflow's basic auth, with failed logins limited and constant-time refusals (login.py).
+        "authorization_function": "mlstack_platform.login:authenticate",
         # Basic auth runs PBKDF2 on every request (~300 ms per call measured); the cache makes
         # a repeated credential cost a dictionary lookup. Changes made through the API take
         # effect at once on the worker that handled them, elsewhere within the TTL.
