@@ -86,16 +86,26 @@ def snapshot(stack: Stack, user, run_id: str, job_id: int) -> dict:
     job = s.get(f"{stack.base_url}/trainer/api/jobs/{job_id}").json()
     seen["job"] = {k: job[k] for k in ("state", "submitter", "mlflow_run_id", "name")}
     seen["job_log"] = s.get(f"{stack.base_url}/trainer/api/jobs/{job_id}/logs").text
-    # In its experiment's TensorBoard. A job run by a release before 0.2 (the upgrade test's)
-    # has no experiment id in the jobs API, and its folder was named after the experiment
-    # until the upgrade moved it: the run says which experiment it is in.
+    # In its experiment's TensorBoard, <run name>-<run id>. A job run by a release before 0.2
+    # (the upgrade test's) has no experiment id in the jobs API: the run says which experiment
+    # it is in. That release served one TensorBoard for everything, with folders named after
+    # experiments (the upgrade moves them to their ids).
     experiment_id = s.get(f"{stack.base_url}/api/2.0/mlflow/runs/get",
                           params={"run_id": job["mlflow_run_id"]}
                           ).json()["run"]["info"]["experiment_id"]
+    experiment = s.get(f"{stack.base_url}/api/2.0/mlflow/experiments/get",
+                       params={"experiment_id": experiment_id}).json()["experiment"]["name"]
     tb_run = f"{job['name']}-{job['mlflow_run_id']}/train"
-    tags = stack.wait_for("TensorBoard to load the job's scalars", lambda: s.get(
-        f"{stack.base_url}/tensorboard/{experiment_id}/data/plugin/scalars/tags"
-    ).json().get(tb_run), timeout_s=120)
+
+    def scalar_tags():
+        per_experiment = s.get(
+            f"{stack.base_url}/tensorboard/{experiment_id}/data/plugin/scalars/tags")
+        if per_experiment.status_code != 404:
+            return per_experiment.json().get(tb_run)
+        one_for_all = s.get(f"{stack.base_url}/tensorboard/data/plugin/scalars/tags")
+        return one_for_all.json().get(f"{experiment}/{tb_run}") if one_for_all.ok else None
+
+    tags = stack.wait_for("TensorBoard to load the job's scalars", scalar_tags, timeout_s=120)
     seen["tb_tags"] = sorted(tags)
     return seen
 
