@@ -213,3 +213,15 @@ def test_unknown_and_known_user_names_are_refused_alike(stack: Stack):
     known, unknown = median_ms("iris"), median_ms("nobody-of-that-name")
     # Both pay one password hash; an unknown name used to cost a tenth of it.
     assert 0.5 < unknown / known < 2, (known, unknown)
+
+
+def test_a_forged_client_address_does_not_escape_the_login_limit(stack: Stack):
+    """nginx sets the address MLflow counts by (X-Real-IP) itself: a guesser who sends a new
+    one with every try is still one address."""
+    make_user(stack, "jules")
+    url = f"{stack.base_url}/api/2.0/mlflow/users/current"
+    codes = [stack.session("jules", f"guess-{i}").get(url, headers={
+        "X-Real-IP": f"10.1.2.{i}", "X-Forwarded-For": f"10.1.2.{i}"}).status_code
+        for i in range(12)]
+    assert codes[-1] == 429, codes
+    stack.script("users", "unblock", "jules")

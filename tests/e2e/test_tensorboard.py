@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -251,3 +252,26 @@ def test_a_deleted_run_or_experiment_leaves_tensorboard_at_once(stack: Stack, ad
     assert tb_runs(stack, ada, experiment_id) == 404
     assert experiment_id not in index(stack, ada)
     assert json.loads(s.get(f"{stack.base_url}/tensorboard/?format=json").text)["all"] is False
+
+
+def test_an_upload_naming_someone_elses_run_under_ones_own_experiment_leaves_it_alone(
+        stack: Stack, ada, bruno):
+    """MLflow checks an artifact upload's rights on the experiment its path names only: bruno
+    may write under his experiment with ada's run id in the path. That must not tag ada's run
+    nor put anything in her experiment's TensorBoard."""
+    code = """
+import json, mlflow
+mlflow.set_experiment("ada-untouched")
+with mlflow.start_run() as run:
+    mlflow.log_param("p", 1)
+print(json.dumps({"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}))
+"""
+    adas = client(stack, ada, code)
+    brunos = laptop_run(stack, bruno, "bruno-curves", "bruno-again", 0.5)["experiment_id"]
+    r = stack.session(*bruno).put(
+        f"{stack.base_url}/api/2.0/mlflow-artifacts/artifacts/{brunos}/{adas['run_id']}"
+        f"/artifacts/tensorboard/train/events.out.tfevents.1", data=b"not ada's")
+    assert r.status_code in (200, 403), r.text
+    time.sleep(15)  # longer than the janitor's copy interval (10 s)
+    assert "mlstack.tensorboard_url" not in run_tags(stack, ada, adas["run_id"])
+    assert tb_runs(stack, ada, adas["experiment_id"]) == []
