@@ -19,7 +19,6 @@ from psycopg2 import sql
 QUEUE = "mlstack_tensorboard_sync"
 PREFIX = "tensorboard"  # the artifact folder whose files TensorBoard shows
 TAG = "mlstack.tensorboard_url"
-RUN_ID = re.compile(r"[0-9a-f]{32}")
 # A run's artifact upload through the server's proxy: /<exp>/<run>/artifacts/tensorboard/...
 UPLOAD_PATH = re.compile(
     r"/(?:ajax-)?api/2\.0/mlflow-artifacts/(?:artifacts|mpu/complete)/"
