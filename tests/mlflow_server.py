@@ -71,6 +71,8 @@ def mlflow_server(root: Path, admin: tuple[str, str] | None = None,
     auth_args: list[str] = []
     if admin:
         env.update(_auth_env(root, admin, AUTH_FUNCTIONS[app]))
+        # The platform's app believes X-Real-IP from nginx alone; here the tests play nginx.
+        env["MLSTACK_TRUSTED_PROXY"] = "127.0.0.1"
         auth_args = ["--app-name", app]
     log = open(root / "server.log", "wb")
     server = subprocess.Popen(

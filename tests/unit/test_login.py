@@ -72,3 +72,31 @@ def test_an_unknown_user_is_refused_as_slowly_as_a_wrong_password(app):
     # Both pay one password hash (tens of ms); without the dummy hash an unknown name costs
     # a few ms. Tolerant of a noisy machine: within half of each other.
     assert 0.5 < unknown / known < 2, (known, unknown)
+
+
+def test_a_forged_client_address_counts_only_from_the_trusted_proxy(app):
+    """X-Real-IP is nginx's word. Any other peer (here 127.0.0.2, as TensorBoard or the jobs API
+    would be on the platform's network) that sends a new address with each guess is counted by
+    its own address all the same, and blocked."""
+    import base64
+    import http.client
+    from urllib.parse import urlsplit
+
+    uri = urlsplit(app["uri"])
+    token = base64.b64encode(f"{DANA[0]}:not-danas-password".encode()).decode()
+
+    def guess(i: int) -> int:
+        conn = http.client.HTTPConnection(uri.hostname, uri.port, timeout=30,
+                                          source_address=("127.0.0.2", 0))
+        try:
+            conn.request("GET", "/api/2.0/mlflow/users/current", headers={
+                "Authorization": f"Basic {token}", "X-Real-IP": f"10.9.2.{i}"})
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    codes = [guess(i) for i in range(12)]
+    assert codes[:10] == [401] * 10 and codes[10:] == [429, 429], codes
+    # Dana herself, through nginx (the trusted peer), from her own address, is not held up.
+    assert current(app, DANA, "10.9.2.200").status_code == 200
+    login.unblock(create_engine(f"sqlite:///{app['db'].parent / 'auth.db'}"), DANA[0])

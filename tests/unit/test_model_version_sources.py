@@ -110,3 +110,21 @@ def test_an_unknown_run_is_refused(mlstack_app):
     rest(mlstack_app, ALICE, "post", "registered-models/create", json={"name": "alice-ghost"})
     refused = create_version(mlstack_app, ALICE, "alice-ghost", f"runs:/{RUN}/model")
     assert refused.status_code == 400 and "no such run" in refused.json()["message"]
+
+
+@pytest.mark.parametrize("location", [
+    "s3://mlflow-artifacts/1", "mlflow-artifacts:/1", "file:///etc", "/var/lib/mlstack",
+    "http://169.254.169.254/latest", "mlflow-artifacts:/1/../2",
+])
+def test_an_experiment_takes_the_servers_artifact_location_only(mlstack_app, location):
+    """Otherwise its runs' artifacts (read and written with the server's keys) could sit in
+    another experiment's folder, a local path or another host."""
+    app = mlstack_app
+    for user in (BOB, ADMIN):
+        refused = rest(app, user, "post", "experiments/create",
+                       json={"name": f"located-{user[0]}", "artifact_location": location})
+        assert refused.status_code == 400, (user, refused.text)
+        assert "artifact_location cannot be set" in refused.json()["message"]
+    created = rest(app, BOB, "post", "experiments/create",
+                   json={"name": f"located-{location}"})
+    assert created.status_code == 200, created.text

@@ -44,16 +44,18 @@ def test_a_missing_secret_says_which_service_must_run_first(secrets_dir):
         settings.secret("admin_password")
 
 
-def test_host_names_reach_nginx_and_the_jobs_api_as_parsed_once(monkeypatch, tmp_path):
-    from mlstack_platform.__main__ import publish_names
+def test_host_names_and_limits_reach_nginx_and_the_jobs_api_as_parsed_once(monkeypatch,
+                                                                          tmp_path):
+    from mlstack_platform.__main__ import publish_front_door_settings
 
     monkeypatch.setenv("MLSTACK_HOSTNAMES", " ml.example.com,  localhost ,10.0.0.5")
     monkeypatch.setenv("MLSTACK_HTTPS_PORT", "8443")
+    monkeypatch.setenv("TRAINER_MAX_CODE_MB", "200")
     monkeypatch.setattr(settings, "TLS_DIR", tmp_path / "tls")
     monkeypatch.setattr(settings, "TRAINER_SECRETS_DIR", tmp_path / "trainer")
     (tmp_path / "tls").mkdir()
     (tmp_path / "trainer").mkdir()
-    publish_names(PlatformConfig.from_env())
+    publish_front_door_settings(PlatformConfig.from_env())
     # No comma, no stray space in nginx's server_name.
     assert (tmp_path / "tls" / "server_names.conf").read_text() == \
         "server_name ml.example.com localhost 10.0.0.5;\n"
@@ -63,3 +65,7 @@ def test_host_names_reach_nginx_and_the_jobs_api_as_parsed_once(monkeypatch, tmp
     assert (tmp_path / "tls" / "cors_origins.conf").read_text().splitlines() == [
         '"https://ml.example.com:8443" $http_origin;', '"https://localhost:8443" $http_origin;',
         '"https://10.0.0.5:8443" $http_origin;']
+    # Job uploads: nginx lets through twice what the jobs API accepts (code + 1 MB of spec),
+    # so that the API, not nginx, answers an upload a little over the limit.
+    assert (tmp_path / "tls" / "trainer_body_limit.conf").read_text() == \
+        "client_max_body_size 402m;\n"

@@ -51,16 +51,16 @@ def run_secrets(config: PlatformConfig) -> None:
                         config.user_tls_cert, config.user_tls_key)
     log(f"TLS certificate for {', '.join(config.hostnames)}: {source}")
     tls.ensure_internal(settings.TLS_DIR, settings.SECRETS_DIR / "ca", tls.INTERNAL_HOSTNAME)
-    publish_names(config)
+    publish_front_door_settings(config)
     tls.publish_ca(settings.SECRETS_DIR / "ca", settings.WORKER_SECRETS_DIR)
     log(f"internal certificate for {tls.INTERNAL_HOSTNAME} (jobs and workers): ready")
 
 
-def publish_names(config: PlatformConfig) -> None:
-    """The host names as parsed here, for the services that must agree on them: nginx's
+def publish_front_door_settings(config: PlatformConfig) -> None:
+    """Settings parsed here once, for the services that must agree on them: nginx's
     server_name and CORS origins (a comma or stray space in MLSTACK_HOSTNAMES never reaches
-    nginx) and the jobs API's public origins (the links it hands out, the Origins it
-    accepts)."""
+    nginx), the jobs API's public origins (the links it hands out, the Origins it accepts),
+    and nginx's bound on job uploads."""
     server_names = settings.TLS_DIR / "server_names.conf"
     server_names.write_text(f"server_name {' '.join(config.hostnames)};\n")
     server_names.chmod(0o644)
@@ -71,6 +71,12 @@ def publish_names(config: PlatformConfig) -> None:
     origins = settings.TRAINER_SECRETS_DIR / "public_origins"
     origins.write_text("".join(f"{origin}\n" for origin in config.origins()))
     origins.chmod(0o644)
+    # nginx's bound on a job submission: the jobs API reads up to twice its own limit (the
+    # code, plus 1 MB for the spec) so that it can answer with a message; nginx refuses more.
+    code_mb = settings.integer("TRAINER_MAX_CODE_MB", 50, minimum=1)
+    limit = settings.TLS_DIR / "trainer_body_limit.conf"
+    limit.write_text(f"client_max_body_size {2 * (code_mb + 1)}m;\n")
+    limit.chmod(0o644)
 
 
 def run_init(config: PlatformConfig) -> None:

@@ -11,7 +11,7 @@ truth for TensorBoard too:
 and, after each artifact upload under a run's `tensorboard/` folder, a row in the queue the
 janitor copies event files from (see tensorboard_sync.py); before a model version is created,
 a check that its source is a run's or logged model's artifacts the caller may read
-(model_sources.py).
+(model_sources.py); experiments are created only with the server's own artifact location.
 """
 
 from __future__ import annotations
@@ -169,9 +169,32 @@ def _check_model_version_source() -> Response | None:
         model_sources.check(source, username, is_admin, _get_tracking_store(), can_read)
     except model_sources.SourceRefused as exc:
         code = "PERMISSION_DENIED" if exc.status == 403 else "INVALID_PARAMETER_VALUE"
-        return Response(json.dumps({"error_code": code, "message": str(exc)}), status=exc.status,
-                        mimetype="application/json")
+        return _error(exc.status, code, str(exc))
     return None
+
+
+EXPERIMENT_CREATE_PATHS = {"/api/2.0/mlflow/experiments/create",
+                           "/ajax-api/2.0/mlflow/experiments/create"}
+
+
+def _refuse_artifact_location() -> Response | None:
+    """Experiments keep their artifacts where the server puts them (its bucket, by experiment
+    id). A location of one's choosing would point a run's artifacts (which MLflow reads and
+    writes with its own keys) at another experiment's folder, a local file or another host."""
+    if request.method != "POST" or request.path not in EXPERIMENT_CREATE_PATHS:
+        return None
+    body = request.get_json(silent=True)
+    if isinstance(body, dict) and body.get("artifact_location"):
+        return _error(400, "INVALID_PARAMETER_VALUE",
+                      "artifact_location cannot be set on this platform: the server stores "
+                      "every experiment's artifacts in its own bucket; create the experiment "
+                      "without one")
+    return None
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    return Response(json.dumps({"error_code": code, "message": message}), status=status,
+                    mimetype="application/json")
 
 
 def create_app(app: Flask | None = None):
@@ -193,4 +216,5 @@ def create_app(app: Flask | None = None):
     wrapped = auth.create_app(flask_app)
     # After MLflow's own before-request hooks: the caller is authenticated by then.
     flask_app.before_request(_check_model_version_source)
+    flask_app.before_request(_refuse_artifact_location)
     return wrapped

@@ -13,8 +13,11 @@ MLflow's own basic auth and credential cache, plus what it lacks against passwor
 - Refused logins are logged with user name and address, never the password.
   `scripts/users unblock NAME` lifts a block.
 
-The client address is what nginx saw (X-Real-IP, which nginx sets on every request it passes:
-only nginx and the platform's own services reach MLflow).
+The client address is what nginx saw (X-Real-IP, which nginx sets on every request it passes),
+believed only when the request comes from nginx itself (MLSTACK_TRUSTED_PROXY, a host name
+looked up every few seconds: its address changes when the container is recreated). From any
+other peer on the network (TensorBoard, the jobs API) the header is ignored and the peer's own
+address counts.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import functools
 import logging
 import math
 import secrets
+import socket
+import threading
 import time
 
 from flask import Response, g, request
@@ -52,8 +57,43 @@ def _limits() -> tuple[int, int, int]:
             settings.integer("MLSTACK_LOGIN_BLOCK_SECONDS", 300, minimum=1, maximum=86_400))
 
 
+class _TrustedProxy:
+    """The addresses of the host named by MLSTACK_TRUSTED_PROXY, looked up at most every
+    REFRESH_S seconds (and again, at most once a second, when an unknown peer calls: nginx may
+    just have been recreated)."""
+
+    REFRESH_S = 10.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._addresses: frozenset[str] = frozenset()
+        self._looked_up = -math.inf
+
+    def _lookup(self) -> None:
+        name = settings.text("MLSTACK_TRUSTED_PROXY", "nginx")
+        try:
+            found = {info[4][0] for info in socket.getaddrinfo(name, None)}
+        except OSError:  # nginx not started yet: nobody's header is believed
+            found = set()
+        self._addresses, self._looked_up = frozenset(found), time.monotonic()
+
+    def __contains__(self, address: str) -> bool:
+        with self._lock:
+            age = time.monotonic() - self._looked_up
+            if age > self.REFRESH_S or (address not in self._addresses and age > 1.0):
+                self._lookup()
+            return address in self._addresses
+
+
+_trusted_proxy = _TrustedProxy()
+
+
 def client_address() -> str:
-    return (request.headers.get("X-Real-IP") or request.remote_addr or "unknown")[:64]
+    peer = request.remote_addr or "unknown"
+    forwarded = request.headers.get("X-Real-IP")
+    if forwarded and peer in _trusted_proxy:
+        return forwarded[:64]
+    return peer[:64]
 
 
 def authenticate() -> Authorization | Response:

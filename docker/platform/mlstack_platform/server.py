@@ -47,7 +47,10 @@ def gunicorn_options(config: PlatformConfig) -> str:
         "--max-requests", "20000",
         "--max-requests-jitter", "2000",
         "--access-logfile", "-",
-        "--forwarded-allow-ips", "*",  # only nginx can reach this port
+        # X-Forwarded-* believed from no peer (gunicorn's default is localhost alone): other
+        # services share nginx's network, and MLflow builds no URL from them. The client
+        # address for counting failed logins: login.py, from nginx alone.
+        "--forwarded-allow-ips", "127.0.0.1,::1",
     ])
 
 
