@@ -68,7 +68,8 @@ project_name() { compose config 2>/dev/null | sed -n 's/^name: *//p' | head -n 1
 
 # The volumes that hold the platform's state (`docker compose down -v` would delete them).
 # shellcheck disable=SC2034 # used by the scripts that source this file
-STATE_VOLUMES=(postgres-data minio-data secrets tls trainer-secrets worker-secrets tb-logs job-logs)
+STATE_VOLUMES=(postgres-data minio-data secrets ca tls postgres-secrets minio-secrets mlflow-secrets
+               janitor-secrets trainer-secrets worker-secrets tensorboard-secrets tb-logs job-logs)
 
 # The databases a backup holds, each with the role that owns it (created by init).
 # shellcheck disable=SC2034 # used by the scripts that source this file
@@ -81,6 +82,11 @@ on_job_files() {
   compose run --rm --no-deps -T --cap-add DAC_OVERRIDE --cap-add FOWNER --entrypoint "$1" \
     trainer "${@:2}"
 }
+
+# platform_admin ROLE ARGS...: an admin command of the platform image (credentials, users, ops)
+# in a one-off `init` container: with init-secrets, the only service that mounts the whole
+# secrets store. The long-running services each see only their own secrets.
+platform_admin() { compose run --rm --no-deps -T init "$@"; }
 
 psql_exec() { compose exec -T postgres psql -U postgres -v ON_ERROR_STOP=1 -qAt "$@"; }
 

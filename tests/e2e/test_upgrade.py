@@ -66,10 +66,15 @@ def test_upgrade_from_the_previous_release_keeps_all_data(previous_checkout, tmp
                      if image_id(row["ID"], container=True) in previous}
         assert previous and not still_old, still_old
         assert list((new.workdir / "backups").glob("mlstack-*Z"))  # the backup it took first
+        # The previous release's CA could certify any name: it is replaced by one limited to
+        # the platform's names, and the upgrade tells the operator that clients must switch.
+        assert "the platform's CA is NEW" in upgraded.stderr
+        new.ca_file.write_text(new.script("ca-cert").stdout)
         assert snapshot(new, user, run_id, job_id) == before
 
-        # A second upgrade with nothing new changes nothing.
-        new.script("upgrade", "--yes", "--no-pull", timeout=1800)
+        # A second upgrade with nothing new changes nothing, the CA included.
+        again = new.script("upgrade", "--yes", "--no-pull", timeout=1800)
+        assert "CA is NEW" not in again.stderr
         assert snapshot(new, user, run_id, job_id) == before
     finally:
         new.down()

@@ -50,3 +50,42 @@ def test_a_malformed_admin_user_name_is_refused(secrets_dir, monkeypatch):
     monkeypatch.setenv("MLSTACK_ADMIN_USERNAME", "bad name")
     with pytest.raises(SettingError, match="MLSTACK_ADMIN_USERNAME"):
         secrets_store.ensure(secrets_dir)
+
+
+def test_each_service_gets_its_own_secrets_and_the_ca_key_stays_with_init_secrets(
+        secrets_dir, tmp_path, monkeypatch):
+    """What init-secrets writes into each volume. A release that kept the CA in the store
+    (or a backup of one, restored there) has it moved to the CA's own volume."""
+    from mlstack_platform import settings, tls
+    from mlstack_platform.__main__ import run_secrets
+    from mlstack_platform.config import PlatformConfig
+
+    for name in ("TLS_DIR", "TRAINER_SECRETS_DIR", "WORKER_SECRETS_DIR",
+                 "TENSORBOARD_SECRETS_DIR", "CA_DIR", "SERVICE_SECRETS_ROOT"):
+        monkeypatch.setattr(settings, name, tmp_path / name.lower())
+    monkeypatch.setenv("MLSTACK_USER_TLS_CERT", str(tmp_path / "none"))
+    monkeypatch.setenv("MLSTACK_USER_TLS_KEY", str(tmp_path / "none"))
+    old_ca = secrets_dir / "ca"
+    tls.ensure_ca(old_ca, PlatformConfig.from_env().hostnames)
+    old_key = (old_ca / "ca.key").read_text()
+    (tmp_path / "service_secrets_root" / "mlflow").mkdir(parents=True)
+    (tmp_path / "service_secrets_root" / "mlflow" / "admin_password").write_text("stale\n")
+
+    run_secrets(PlatformConfig.from_env())
+
+    assert not old_ca.exists()
+    assert (settings.CA_DIR / "ca.key").read_text().strip() == old_key.strip()  # moved
+    files = {service: sorted(p.name for p in (settings.SERVICE_SECRETS_ROOT / service).iterdir())
+             for service in secrets_store.SERVICE_SECRETS}
+    assert files == {service: sorted(names)
+                     for service, names in secrets_store.SERVICE_SECRETS.items()}
+    every = [p for p in tmp_path.rglob("*") if p.is_file() and p.parent != secrets_dir]
+    assert not any(p.name == "ca.key" for p in every if p.parent != settings.CA_DIR)
+    # The admin password and PostgreSQL's superuser live in the store alone.
+    assert not [p for p in every if p.name == "admin_password"]
+    assert {p.parent.name for p in every if p.name == "postgres_password"} == {"postgres"}
+    for service, names in secrets_store.SERVICE_SECRETS.items():
+        for name in names:
+            path = settings.SERVICE_SECRETS_ROOT / service / name
+            assert path.read_text() == (secrets_dir / name).read_text()
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600

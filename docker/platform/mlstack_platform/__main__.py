@@ -31,11 +31,13 @@ def log(message: str) -> None:
 
 
 def run_secrets(config: PlatformConfig) -> None:
-    for name, what in secrets_store.ensure().items():
+    for name, what in secrets_store.ensure(settings.SECRETS_DIR).items():
         log(f"secret {name}: {what}")
-    # The jobs API (trainer-api) gets its two secrets in its own volume, never the rest (admin
-    # password, S3 and PostgreSQL superuser credentials); the workers, which run users' code,
-    # get only their own credential and the CA that certifies the front door's internal name.
+    # Each service gets its own volume with the secrets it uses, never the rest. The jobs API
+    # (trainer-api): its two; the workers, which run users' code, only their own credential
+    # and the CA certificate that certifies the front door's internal name.
+    for service, names in secrets_store.SERVICE_SECRETS.items():
+        secrets_store.copy(names, settings.SECRETS_DIR, settings.SERVICE_SECRETS_ROOT / service)
     secrets_store.copy(("trainer_db_password", "trainer_mlflow_password"),
                        settings.SECRETS_DIR, settings.TRAINER_SECRETS_DIR)
     secrets_store.copy(("worker_mlflow_password",), settings.SECRETS_DIR,
@@ -47,13 +49,33 @@ def run_secrets(config: PlatformConfig) -> None:
     settings.TRAINER_SECRETS_DIR.chmod(0o700)
     settings.WORKER_SECRETS_DIR.chmod(0o750)
     settings.TENSORBOARD_SECRETS_DIR.chmod(0o700)
-    source = tls.ensure(settings.TLS_DIR, settings.SECRETS_DIR / "ca", config.hostnames,
+    run_ca(config)
+    source = tls.ensure(settings.TLS_DIR, settings.CA_DIR, config.hostnames,
                         config.user_tls_cert, config.user_tls_key)
     log(f"TLS certificate for {', '.join(config.hostnames)}: {source}")
-    tls.ensure_internal(settings.TLS_DIR, settings.SECRETS_DIR / "ca", tls.INTERNAL_HOSTNAME)
+    tls.ensure_internal(settings.TLS_DIR, settings.CA_DIR, tls.INTERNAL_HOSTNAME)
     publish_front_door_settings(config)
-    tls.publish_ca(settings.SECRETS_DIR / "ca", settings.WORKER_SECRETS_DIR)
+    tls.publish_ca(settings.CA_DIR, settings.WORKER_SECRETS_DIR)
     log(f"internal certificate for {tls.INTERNAL_HOSTNAME} (jobs and workers): ready")
+
+
+def run_ca(config: PlatformConfig) -> None:
+    """The CA in its own volume. Earlier releases kept it in the secrets store (and a backup
+    of one restores it there): it moves, and leaves the store."""
+    old = settings.SECRETS_DIR / "ca"
+    if (old / "ca.key").exists():
+        settings.CA_DIR.mkdir(parents=True, exist_ok=True)
+        for name in ("ca.crt", "ca.key"):
+            data = (old / name).read_text()
+            secrets_store.write_private(settings.CA_DIR / name, data.strip())
+        for path in old.iterdir():
+            path.unlink()
+        old.rmdir()
+        log("CA: moved from the secrets volume to its own")
+    if tls.ensure_ca(settings.CA_DIR, config.hostnames):
+        log("CA: NEW. It may certify these host names alone: "
+            f"{', '.join(config.hostnames)} (and {tls.INTERNAL_HOSTNAME}). Every team member "
+            "must trust it anew: scripts/ca-cert > mlstack-ca.pem (see README, HTTPS)")
 
 
 def publish_front_door_settings(config: PlatformConfig) -> None:

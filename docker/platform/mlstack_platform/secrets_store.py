@@ -89,6 +89,19 @@ def ensure(directory: Path = settings.SECRETS_DIR) -> dict[str, str]:
     return {path.name: what for path, _, what in plan}
 
 
+# What each long-running service's own volume holds, and nothing more: the store itself is
+# mounted by the two one-shots alone (init-secrets, init), and the CA's key by init-secrets
+# alone. PostgreSQL and MinIO: their superuser and root keys (read at first start). MLflow and
+# the janitor: MLflow's database role and the S3 keys (MinIO's root keys: see SECURITY.md).
+SERVICE_SECRETS = {
+    "postgres": ("postgres_password",),
+    "minio": ("minio_root_user", "minio_root_password"),
+    "mlflow": ("mlflow_db_password", "minio_root_user", "minio_root_password",
+               "flask_secret_key", "admin_username"),
+    "janitor": ("mlflow_db_password", "minio_root_user", "minio_root_password"),
+}
+
+
 def copy(names: tuple[str, ...], source: Path, target: Path, mode: int = 0o600) -> None:
     """Copy some secrets into another volume (for a service that must not see the rest).
     `mode` 0o640 lets the volume's group (10001) read them: the trainer worker runs as root
@@ -100,3 +113,7 @@ def copy(names: tuple[str, ...], source: Path, target: Path, mode: int = 0o600) 
         if not path.exists() or path.read_text().strip() != value:
             write_private(path, value)
         path.chmod(mode)
+    # A secret a service no longer uses (an older release gave it more) leaves its volume.
+    for spec in SECRETS:
+        if spec.file not in names:
+            (target / spec.file).unlink(missing_ok=True)

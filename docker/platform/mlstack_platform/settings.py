@@ -16,6 +16,11 @@ WORKER_SECRETS_DIR = Path(os.environ.get("MLSTACK_WORKER_SECRETS_DIR",
                                          "/var/lib/mlstack/worker-secrets"))
 TENSORBOARD_SECRETS_DIR = Path(os.environ.get("MLSTACK_TENSORBOARD_SECRETS_DIR",
                                               "/var/lib/mlstack/tensorboard-secrets"))
+# In init-secrets alone: the CA (its key above all), and each long-running service's own
+# secrets volume, one folder per service (which mounts it as its SECRETS_DIR).
+CA_DIR = Path(os.environ.get("MLSTACK_CA_DIR", "/var/lib/mlstack/ca"))
+SERVICE_SECRETS_ROOT = Path(os.environ.get("MLSTACK_SERVICE_SECRETS_ROOT",
+                                           "/var/lib/mlstack/service-secrets"))
 
 
 class SettingError(ValueError):

@@ -3,9 +3,12 @@
 If the operator supplies a certificate and key (TLS_CERT_FILE / TLS_KEY_FILE in `.env`), they
 are checked and used as they are. Otherwise a private CA is generated once and kept, and it signs
 a server certificate for the configured host names; team members trust the CA file
-(`scripts/ca-cert`); the CA's key never leaves the secrets volume. The server certificate is
-re-issued from the same CA when the host names change or it nears expiry, so the CA file users
-already hold stays valid. The same CA certifies the front door's internal name for jobs.
+(`scripts/ca-cert`); the CA's key never leaves its own volume, which only the init-secrets
+one-shot mounts. The CA may certify the platform's host names (and their subdomains) and its
+internal name alone (X.509 name constraints): a user who trusts it trusts it for nothing else.
+The server certificate is re-issued from the same CA when it nears expiry or the host names
+change within what the CA may certify; a host name outside that needs a new CA, which every
+client must then fetch again. The same CA certifies the front door's internal name for jobs.
 """
 
 from __future__ import annotations
@@ -55,7 +58,38 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _issue_ca(ca_dir: Path) -> None:
+def _constraints(hosts: list[str]) -> x509.NameConstraints:
+    permitted: list[x509.GeneralName] = []
+    for name in _san(hosts):
+        if isinstance(name, x509.IPAddress):
+            permitted.append(x509.IPAddress(ipaddress.ip_network(name.value)))
+        else:
+            permitted.append(name)
+    return x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=None)
+
+
+def _ca_covers(ca_dir: Path, hosts: list[str]) -> bool:
+    """Whether the CA may certify every host (a CA made before name constraints may not: it
+    may certify anything, and is replaced)."""
+    cert = x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())
+    try:
+        permitted = cert.extensions.get_extension_for_class(x509.NameConstraints).value \
+            .permitted_subtrees or []
+    except x509.ExtensionNotFound:
+        return False
+    dns = [n.value.lower() for n in permitted if isinstance(n, x509.DNSName)]
+    networks = [n.value for n in permitted if isinstance(n, x509.IPAddress)]
+    for name in _san(hosts):
+        if isinstance(name, x509.IPAddress):
+            if not any(name.value in network for network in networks):
+                return False
+        elif not any(name.value.lower() == d or name.value.lower().endswith("." + d)
+                     for d in dns):
+            return False
+    return True
+
+
+def _issue_ca(ca_dir: Path, hosts: list[str]) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mlstack local CA")])
     cert = (
@@ -72,6 +106,7 @@ def _issue_ca(ca_dir: Path) -> None:
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(_constraints(hosts), critical=True)
         .sign(key, hashes.SHA256())
     )
     write_private(ca_dir / "ca.key", _pem_key(key).decode())
@@ -84,7 +119,9 @@ def _issue_server(directory: Path, ca_dir: Path, hosts: list[str], name: str = "
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        # The names are in the SANs; a common name that is no host name (a space) is never
+        # checked against the CA's name constraints as one (OpenSSL would, for "10.0.0.5").
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mlstack front door")]))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -162,20 +199,28 @@ def _install_user_cert(directory: Path, cert_file: Path, key_file: Path) -> None
     (directory / "source").write_text("user\n")
 
 
+def ensure_ca(ca_dir: Path, hosts: list[str]) -> bool:
+    """Make a CA exist that may certify `hosts` and the internal name; True when a new one was
+    made (every client must then trust it anew)."""
+    ca_dir.mkdir(parents=True, exist_ok=True)
+    names = [*hosts, INTERNAL_HOSTNAME]
+    if (ca_dir / "ca.crt").exists() and (ca_dir / "ca.key").exists() \
+            and _ca_covers(ca_dir, names):
+        return False
+    _issue_ca(ca_dir, names)
+    return True
+
+
 def ensure(directory: Path, ca_dir: Path, hosts: list[str], user_cert: Path,
            user_key: Path) -> str:
-    """Make tls.crt/tls.key exist in `directory` (what nginx mounts); the CA's key stays in
-    `ca_dir` (the secrets volume). Returns where the certificate came from."""
+    """Make tls.crt/tls.key exist in `directory` (what nginx mounts) from the CA in `ca_dir`
+    (ensure_ca), unless the operator supplied them. Returns where the certificate came from."""
     directory.mkdir(parents=True, exist_ok=True)
     if user_cert.exists() and user_cert.read_bytes().strip():
         _install_user_cert(directory, user_cert, user_key)
         (directory / "ca.crt").unlink(missing_ok=True)  # a public CA signed it
         return "user-supplied"
-    ca_dir.mkdir(parents=True, exist_ok=True)
-    if not (ca_dir / "ca.crt").exists() or not (ca_dir / "ca.key").exists():
-        _issue_ca(ca_dir)
-        (directory / "source").unlink(missing_ok=True)  # a new CA: re-issue below
-    if _server_cert_fits(directory, hosts):
+    if _server_cert_fits(directory, hosts, ca_dir=ca_dir):
         return "kept"
     _issue_server(directory, ca_dir, hosts)
     return "generated"
@@ -183,11 +228,8 @@ def ensure(directory: Path, ca_dir: Path, hosts: list[str], user_cert: Path,
 
 def ensure_internal(directory: Path, ca_dir: Path, hostname: str) -> str:
     """internal.crt/.key for the front door's name on the jobs network, from the platform's CA
-    (created here when an operator's certificate made none so far)."""
+    (ensure_ca)."""
     directory.mkdir(parents=True, exist_ok=True)
-    ca_dir.mkdir(parents=True, exist_ok=True)
-    if not (ca_dir / "ca.crt").exists() or not (ca_dir / "ca.key").exists():
-        _issue_ca(ca_dir)
     if _server_cert_fits(directory, [hostname], name="internal", ca_dir=ca_dir):
         return "kept"
     _issue_server(directory, ca_dir, [hostname], name="internal")
