@@ -11,7 +11,8 @@ truth for TensorBoard too:
 and, after each artifact upload under a run's `tensorboard/` folder, a row in the queue the
 janitor copies event files from (see tensorboard_sync.py); before a model version is created,
 a check that its source is a run's or logged model's artifacts the caller may read
-(model_sources.py); experiments are created only with the server's own artifact location.
+(model_sources.py); experiments are created only with the server's own artifact location;
+malformed requests are answered 400 before MLflow's handlers fail on them (request_shapes.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import re
 
 from flask import Flask, Response, jsonify, redirect, request
 
-from . import model_sources, tensorboard_sync
+from . import model_sources, request_shapes, tensorboard_sync
 
 _logger = logging.getLogger(__name__)
 
@@ -192,6 +193,14 @@ def _refuse_artifact_location() -> Response | None:
     return None
 
 
+def _refuse_malformed_request() -> Response | None:
+    try:
+        request_shapes.check()
+    except request_shapes.BadRequest as exc:
+        return _error(400, "INVALID_PARAMETER_VALUE", str(exc))
+    return None
+
+
 def _error(status: int, code: str, message: str) -> Response:
     return Response(json.dumps({"error_code": code, "message": message}), status=status,
                     mimetype="application/json")
@@ -213,6 +222,8 @@ def create_app(app: Flask | None = None):
     flask_app.add_url_rule(INDEX, "mlstack_tensorboard_index", index, methods=["GET"])
     flask_app.add_url_rule(COMPARE, "mlstack_tensorboard_compare", compare, methods=["GET"])
     flask_app.after_request(_queue_tensorboard_upload)
+    # Before MLflow's own hooks, whose authorization fails on some malformed bodies.
+    flask_app.before_request(_refuse_malformed_request)
     wrapped = auth.create_app(flask_app)
     # After MLflow's own before-request hooks: the caller is authenticated by then.
     flask_app.before_request(_check_model_version_source)

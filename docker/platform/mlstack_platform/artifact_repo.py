@@ -12,8 +12,10 @@ used as `--artifacts-destination s3-proxied://BUCKET`.
 
 from __future__ import annotations
 
+import posixpath
+
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import ABORTED
+from mlflow.protos.databricks_pb2 import ABORTED, RESOURCE_DOES_NOT_EXIST
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
 from mlflow.store.artifact.s3_artifact_repo import S3ArtifactRepository
 
@@ -70,6 +72,22 @@ class ProxiedS3ArtifactRepository(ArtifactRepository):
 
     def _download_file(self, remote_file_path, local_path):
         return self._s3._download_file(remote_file_path, local_path)
+
+    def download_artifacts(self, artifact_path, dst_path=None):
+        """A missing artifact is a 404 saying so (MLflow reports any failed download as an
+        internal error, 500)."""
+        try:
+            return super().download_artifacts(artifact_path, dst_path)
+        except MlflowException:
+            if not self._exists(artifact_path):
+                raise MlflowException(f"no artifact at {artifact_path!r}",
+                                      error_code=RESOURCE_DOES_NOT_EXIST) from None
+            raise
+
+    def _exists(self, path: str) -> bool:
+        path = path.strip("/")
+        parent = posixpath.dirname(path)
+        return any(f.path == path for f in self.list_artifacts(parent or None))
 
     def delete_artifacts(self, artifact_path=None):
         return self._s3.delete_artifacts(artifact_path)
