@@ -274,6 +274,31 @@ def test_bodies_are_bounded_per_path(stack: Stack, kai, kais_run):
                              50 << 30, "application/octet-stream", timeout=5)
 
 
+def test_a_client_that_stops_sending_its_body_is_cut_off(stack: Stack, kai):
+    """A JSON request whose body never finishes ties up nginx for client_body_timeout (30 s),
+    not an MLflow thread for good: nginx reads the whole body before MLflow sees it."""
+    import base64
+    import time
+
+    context = ssl.create_default_context(cafile=str(stack.ca_file))
+    conn = http.client.HTTPSConnection("localhost", stack.https_port, context=context,
+                                       timeout=120)
+    conn.putrequest("POST", "/api/2.0/mlflow/runs/search")
+    conn.putheader("Authorization", "Basic " + base64.b64encode(
+        f"{kai[0]}:{kai[1]}".encode()).decode())
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", "1000")
+    conn.endheaders()
+    conn.send(b'{"experiment_ids": [')
+    started = time.monotonic()
+    try:
+        status = conn.getresponse().status
+    except (ConnectionError, http.client.RemoteDisconnected):
+        status = None  # closed without an answer
+    waited = time.monotonic() - started
+    assert status in (None, 408) and 25 < waited < 60, (status, waited)
+
+
 def test_a_forged_client_address_from_inside_the_network_counts_as_its_sender(stack: Stack):
     """A service on MLflow's network other than nginx (here TensorBoard's container, as a
     compromised one would) cannot spread guesses over made-up addresses: X-Real-IP is believed
@@ -301,9 +326,9 @@ print(codes)
 SERVICE_SECRET_FILES = {  # service: (its secrets folder, what it holds)
     "postgres": ("secrets", {"postgres_password"}),
     "minio": ("secrets", {"minio_root_user", "minio_root_password"}),
-    "mlflow": ("secrets", {"mlflow_db_password", "minio_root_user", "minio_root_password",
+    "mlflow": ("secrets", {"mlflow_db_password", "s3_access_key", "s3_secret_key",
                            "flask_secret_key", "admin_username"}),
-    "janitor": ("secrets", {"mlflow_db_password", "minio_root_user", "minio_root_password"}),
+    "janitor": ("secrets", {"mlflow_db_password", "s3_access_key", "s3_secret_key"}),
     "tensorboard": ("tensorboard-secrets", {"tensorboard_db_password"}),
     "trainer-api": ("trainer-secrets", {"trainer_db_password", "trainer_mlflow_password",
                                         "public_origins"}),
@@ -319,7 +344,8 @@ def test_each_service_holds_only_its_own_secrets_and_no_ca_key(stack: Stack):
         found = stack.compose("exec", "-T", service, "sh", "-c", (
             f"ls -A /var/lib/mlstack/{folder}; " if folder else "") +
             "find / -xdev \\( -name ca.key -o -name admin_password -o -name postgres_password "
-            "-o -name trainer_mlflow_password -o -name worker_mlflow_password \\) -type f "
+            "-o -name minio_root_password -o -name trainer_mlflow_password "
+            "-o -name worker_mlflow_password \\) -type f "
             "2>/dev/null | grep -v '^/var/lib/mlstack/' ; true").stdout.split()
         assert set(found) == expected, (service, set(found) ^ expected)
     # The CA's volume is mounted by init-secrets alone.

@@ -191,8 +191,8 @@ def test_team_member_tracks_registers_and_loads_a_model(stack: Stack, alice, tmp
         import boto3, os
         read = lambda name: open("/var/lib/mlstack/secrets/" + name).read().strip()
         s3 = boto3.client("s3", endpoint_url=os.environ["MLFLOW_S3_ENDPOINT_URL"],
-                          aws_access_key_id=read("minio_root_user"),
-                          aws_secret_access_key=read("minio_root_password"),
+                          aws_access_key_id=read("s3_access_key"),
+                          aws_secret_access_key=read("s3_secret_key"),
                           region_name="us-east-1")
         print(s3.head_object(Bucket="mlflow-artifacts", Key="{key}")["ContentLength"])
     """)

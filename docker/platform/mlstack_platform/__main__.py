@@ -20,7 +20,7 @@ import subprocess
 import sys
 import urllib.request
 
-from . import bucket, databases, janitor, ops, secrets_store, settings, tensorboard_sync, tls
+from . import bucket, databases, janitor, ops, s3_user, secrets_store, settings, tensorboard_sync, tls
 from .config import PlatformConfig
 from .settings import SettingError
 from .waiting import DependencyUnavailable
@@ -121,8 +121,12 @@ def run_init(config: PlatformConfig) -> None:
                                    settings.secret("tensorboard_db_password"))
     log(f"database role {databases.TENSORBOARD_ROLE}: {viewer}")
 
-    s3 = config.s3_client()
+    s3 = config.s3_root_client()
     log(f"bucket {config.bucket}: {bucket.ensure(s3, config.bucket, config.wait_s)}")
+    user = s3_user.ensure(config.s3_endpoint, settings.secret("minio_root_user"),
+                          settings.secret("minio_root_password"), settings.secret("s3_access_key"),
+                          settings.secret("s3_secret_key"), config.bucket)
+    log(f"MLflow's S3 key: {user}")
 
     # Migrations run here, once, before any server starts: never in several workers at once.
     log("migrating the tracking database (mlflow db upgrade)")
@@ -272,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except DependencyUnavailable as exc:
+    except (DependencyUnavailable, s3_user.S3UserError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     except ValueError as exc:  # bad operator input (users ...)

@@ -75,7 +75,15 @@ class PlatformConfig:
                       settings.secret("mlflow_db_password")).connect(self.mlflow_db)
 
     def s3_client(self):
+        """With MLflow's own key: the artifact bucket's objects, nothing else (s3_user.py)."""
         from . import bucket  # boto3: only for the roles that talk to S3
+
+        return bucket.client(self.s3_endpoint, settings.secret("s3_access_key"),
+                             settings.secret("s3_secret_key"))
+
+    def s3_root_client(self):
+        """With MinIO's root keys: init alone (the bucket, MLflow's S3 user)."""
+        from . import bucket
 
         return bucket.client(self.s3_endpoint, settings.secret("minio_root_user"),
                              settings.secret("minio_root_password"))

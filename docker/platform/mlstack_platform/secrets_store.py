@@ -37,6 +37,10 @@ SECRETS = (
     Secret("worker_mlflow_password", None),
     Secret("minio_root_user", "MINIO_ROOT_USER", min_length=3, default="mlstack"),
     Secret("minio_root_password", "MINIO_ROOT_PASSWORD", min_length=8),
+    # MLflow's own S3 key (MLflow, the janitor, the bucket commands): a MinIO user limited to
+    # the artifact bucket, which init creates (s3_user.py).
+    Secret("s3_access_key", None, default="mlstack-mlflow"),
+    Secret("s3_secret_key", None),
     Secret("flask_secret_key", "MLFLOW_FLASK_SERVER_SECRET_KEY", min_length=16),
     Secret("admin_username", "MLSTACK_ADMIN_USERNAME", min_length=1, default="admin"),
     # MLflow refuses admin passwords shorter than 12 characters.
@@ -92,13 +96,13 @@ def ensure(directory: Path = settings.SECRETS_DIR) -> dict[str, str]:
 # What each long-running service's own volume holds, and nothing more: the store itself is
 # mounted by the two one-shots alone (init-secrets, init), and the CA's key by init-secrets
 # alone. PostgreSQL and MinIO: their superuser and root keys (read at first start). MLflow and
-# the janitor: MLflow's database role and the S3 keys (MinIO's root keys: see SECURITY.md).
+# the janitor: MLflow's database role and its S3 key, limited to the artifact bucket.
 SERVICE_SECRETS = {
     "postgres": ("postgres_password",),
     "minio": ("minio_root_user", "minio_root_password"),
-    "mlflow": ("mlflow_db_password", "minio_root_user", "minio_root_password",
-               "flask_secret_key", "admin_username"),
-    "janitor": ("mlflow_db_password", "minio_root_user", "minio_root_password"),
+    "mlflow": ("mlflow_db_password", "s3_access_key", "s3_secret_key", "flask_secret_key",
+               "admin_username"),
+    "janitor": ("mlflow_db_password", "s3_access_key", "s3_secret_key"),
 }
 
 

@@ -56,10 +56,11 @@ def gunicorn_options(config: PlatformConfig) -> str:
 
 def command_and_env(config: PlatformConfig) -> tuple[list[str], dict[str, str]]:
     env = {
-        # S3 credentials stay on the server: clients upload through the artifact proxy.
+        # S3 credentials stay on the server: clients upload through the artifact proxy. MLflow's
+        # own key reaches the artifact bucket alone (s3_user.py).
         "MLFLOW_S3_ENDPOINT_URL": config.s3_endpoint,
-        "AWS_ACCESS_KEY_ID": settings.secret("minio_root_user"),
-        "AWS_SECRET_ACCESS_KEY": settings.secret("minio_root_password"),
+        "AWS_ACCESS_KEY_ID": settings.secret("s3_access_key"),
+        "AWS_SECRET_ACCESS_KEY": settings.secret("s3_secret_key"),
         "AWS_DEFAULT_REGION": "us-east-1",
         "MLFLOW_AUTH_CONFIG_PATH": str(write_auth_ini(config)),
         "MLFLOW_FLASK_SERVER_SECRET_KEY": settings.secret("flask_secret_key"),
