@@ -12,7 +12,9 @@ and, after each artifact upload under a run's `tensorboard/` folder, a row in th
 janitor copies event files from (see tensorboard_sync.py); before a model version is created,
 a check that its source is a run's or logged model's artifacts the caller may read
 (model_sources.py); experiments are created only with the server's own artifact location;
-malformed requests are answered 400 before MLflow's handlers fail on them (request_shapes.py).
+malformed requests are answered 400 before MLflow's handlers fail on them (request_shapes.py);
+the experiment of a run, which MLflow looks up on every run-scoped request, is cached
+(permission_cache.py).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import re
 
 from flask import Flask, Response, jsonify, redirect, request
 
-from . import model_sources, request_shapes, tensorboard_sync
+from . import model_sources, permission_cache, request_shapes, tensorboard_sync
 
 _logger = logging.getLogger(__name__)
 
@@ -224,6 +226,7 @@ def create_app(app: Flask | None = None):
     flask_app.after_request(_queue_tensorboard_upload)
     # Before MLflow's own hooks, whose authorization fails on some malformed bodies.
     flask_app.before_request(_refuse_malformed_request)
+    permission_cache.install(auth)
     wrapped = auth.create_app(flask_app)
     # After MLflow's own before-request hooks: the caller is authenticated by then.
     flask_app.before_request(_check_model_version_source)
