@@ -82,7 +82,10 @@ class PlatformConfig:
                              settings.secret("s3_secret_key"))
 
     def s3_root_client(self):
-        """With MinIO's root keys: init alone (the bucket, MLflow's S3 user)."""
+        """With MinIO's root keys, which the one-shots alone hold: init (the bucket, MLflow's S3
+        user) and the operator's bucket commands (`ops`, run in a one-off init container), which
+        also work on a store from before MLflow had a key of its own (a backup taken by
+        scripts/upgrade before the new init-secrets ran)."""
         from . import bucket
 
         return bucket.client(self.s3_endpoint, settings.secret("minio_root_user"),

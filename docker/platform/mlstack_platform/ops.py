@@ -14,12 +14,12 @@ from .config import PlatformConfig
 
 
 def bucket_export(config: PlatformConfig) -> None:
-    count, size = bucket_archive.export(config.s3_client(), config.bucket, sys.stdout.buffer)
+    count, size = bucket_archive.export(config.s3_root_client(), config.bucket, sys.stdout.buffer)
     print(f"exported {count} objects, {size} bytes", file=sys.stderr)
 
 
 def bucket_import(config: PlatformConfig, replace: bool) -> None:
-    s3 = config.s3_client()
+    s3 = config.s3_root_client()
     if replace:
         print(f"removed {bucket_archive.empty(s3, config.bucket)} objects", file=sys.stderr)
     count, size = bucket_archive.import_(s3, config.bucket, sys.stdin.buffer)
@@ -27,7 +27,7 @@ def bucket_import(config: PlatformConfig, replace: bool) -> None:
 
 
 def bucket_usage(config: PlatformConfig) -> None:
-    count, size = bucket_archive.usage(config.s3_client(), config.bucket)
+    count, size = bucket_archive.usage(config.s3_root_client(), config.bucket)
     print(f"{count} {size}")
 
 
