@@ -40,20 +40,21 @@ print(json.dumps({"run": run.info.run_id, "experiment": run.info.experiment_id})
 """
 
 
-@pytest.fixture(scope="module")
-def lenas_run(stack: Stack, lena) -> dict[str, str]:
+def log_a_run(stack: Stack, user, experiment: str) -> dict[str, str]:
     out = subprocess.run([sys.executable, "-c", LOG_A_RUN], capture_output=True, text=True,
-                         env={**stack.client_env(*lena), "EXPERIMENT": "lena-private"},
+                         env={**stack.client_env(*user), "EXPERIMENT": experiment},
                          timeout=120, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def lenas_run(stack: Stack, lena) -> dict[str, str]:
+    return log_a_run(stack, lena, "lena-private")
 
 
 @pytest.fixture(scope="module")
 def kais_run(stack: Stack, kai) -> dict[str, str]:
-    out = subprocess.run([sys.executable, "-c", LOG_A_RUN], capture_output=True, text=True,
-                         env={**stack.client_env(*kai), "EXPERIMENT": "kai-own"},
-                         timeout=120, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return log_a_run(stack, kai, "kai-own")
 
 
 YAML_BOMB = b"""a: &a [x,x,x,x,x,x,x,x,x]
