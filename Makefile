@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 # Slowest tests of each layer, so a slow one is noticed.
 PYTEST := $(PY) -m pytest --durations=10
 
-.PHONY: test test-unit test-integration test-e2e lint config clean
+.PHONY: test test-unit test-integration test-e2e benchmark-smoke lint config clean
 
 test: $(VENV)/.installed config test-unit test-integration test-e2e
 
@@ -19,6 +19,11 @@ test-integration: $(VENV)/.installed
 
 test-e2e: $(VENV)/.installed config
 	$(PYTEST) tests/e2e
+
+# The side-by-side benchmark against stock MLflow, every path once with tiny sizes: CI checks
+# that it runs; its figures mean nothing at these sizes (README, Benchmarks, for real ones).
+benchmark-smoke: $(VENV)/.installed config
+	$(PY) -m tests.benchmarks.versus_stock --smoke
 
 # ruff for Python, shellcheck for the scripts (both from .venv).
 lint: $(VENV)/.installed

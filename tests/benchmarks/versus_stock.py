@@ -1,0 +1,456 @@
+"""Benchmark: what the front door costs, against stock MLflow side by side.
+
+Brings up the real stack (nginx, TLS, the auth subrequest, MLflow's basic-auth app with the
+platform's hooks) and, beside it, stock MLflow from the same platform image (`mlflow server`
+with no auth, its own PostgreSQL, the same gunicorn workers and threads), then runs each
+workload against both in alternating rounds, from this machine, as a team member's laptop
+would: a plain (non-admin) user through https on the stack, plain http on stock MLflow.
+
+Workloads (each round, each target):
+  log-metric, 1 client       p50 latency of one metric point per request
+  log-metric, 8 clients      points/s, each client logging to its own run
+  log-batch, 4 clients       points/s, 1000 metrics per request
+  runs/search, experiments/search   p50 with RUNS runs in the user's experiment
+Then, on the stack only: an artifact of ARTIFACT_MB up and down with the stock client through
+the proxy, against boto3 on the same S3 server from the backend network ("raw"), with the
+memory of nginx and MLflow sampled during the transfer; and the idle memory of the whole stack.
+
+    .venv/bin/python -m tests.benchmarks.versus_stock [--rounds N] [--runs N] [--artifact-mb N]
+    .venv/bin/python -m tests.benchmarks.versus_stock --smoke     (CI: every path, tiny sizes)
+
+Prints one line per measurement, then a table of ratios with the goals of the performance
+issue. Not a test: the figures depend on the machine, printed with them; in smoke mode the
+sizes are too small for the figures to mean anything, and only failures count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from tests.e2e.stack import Stack, free_port
+
+API = "/api/2.0/mlflow"
+
+
+# ------------------------------------------------------------------------------------------
+# The two targets
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    url: str
+    auth: tuple[str, str] | None = None
+    verify: str | bool = True
+
+    def session(self) -> requests.Session:
+        s = requests.Session()
+        s.trust_env = False
+        s.verify = self.verify
+        s.auth = self.auth
+        return s
+
+    def post(self, s: requests.Session, path: str, body: dict) -> dict:
+        r = s.post(self.url + API + path, json=body, timeout=120)
+        if r.status_code != 200:
+            raise RuntimeError(f"{self.name}: {path} answered {r.status_code}: {r.text[:300]}")
+        return r.json()
+
+    def new_run(self, s: requests.Session, experiment_id: str) -> str:
+        run = self.post(s, "/runs/create", {"experiment_id": experiment_id,
+                                            "start_time": int(time.time() * 1000)})
+        return run["run"]["info"]["run_id"]
+
+
+class StockMlflow:
+    """`mlflow server` from the platform image, no auth, on a PostgreSQL of its own."""
+
+    def __init__(self, project: str, image: str, workers: int, threads: int):
+        self.network = f"{project}-stock"
+        self.db = f"{project}-stock-postgres"
+        self.server = f"{project}-stock-mlflow"
+        self.port = free_port()
+        self.image, self.workers, self.threads = image, workers, threads
+
+    def up(self) -> None:
+        password = secrets.token_hex(16)
+        docker("network", "create", self.network)
+        docker("run", "-d", "--name", self.db, "--network", self.network,
+               "-e", f"POSTGRES_PASSWORD={password}", "-e", "POSTGRES_DB=mlflow",
+               os.environ.get("POSTGRES_IMAGE", "postgres:15.10-bookworm"))
+        wait_until("stock PostgreSQL", lambda: subprocess.run(
+            ["docker", "exec", self.db, "pg_isready", "-U", "postgres", "-d", "mlflow"],
+            capture_output=True).returncode == 0)
+        docker("run", "-d", "--name", self.server, "--network", self.network,
+               "-p", f"127.0.0.1:{self.port}:5000", "-e", "MLFLOW_DISABLE_TELEMETRY=true",
+               "--entrypoint", "mlflow", self.image, "server",
+               "--backend-store-uri", f"postgresql+psycopg2://postgres:{password}@{self.db}:5432/mlflow",
+               "--artifacts-destination", "/tmp/mlflow-artifacts", "--serve-artifacts",
+               "--host", "0.0.0.0", "--port", "5000", "--workers", str(self.workers),
+               "--gunicorn-opts", f"--threads {self.threads}")
+        wait_until("stock MLflow", self._healthy, timeout_s=300)
+
+    def _healthy(self) -> bool:
+        try:
+            return requests.get(f"http://127.0.0.1:{self.port}/health", timeout=5).ok
+        except requests.RequestException:
+            return False
+
+    def down(self) -> None:
+        for name in (self.server, self.db):
+            subprocess.run(["docker", "rm", "-f", "-v", name], capture_output=True)
+        subprocess.run(["docker", "network", "rm", self.network], capture_output=True)
+
+    @property
+    def target(self) -> Target:
+        return Target("stock MLflow", f"http://127.0.0.1:{self.port}")
+
+
+def docker(*args: str) -> str:
+    return subprocess.run(["docker", *args], check=True, capture_output=True, text=True).stdout
+
+
+def wait_until(what: str, check, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(1)
+
+
+# ------------------------------------------------------------------------------------------
+# Workloads. Client functions run in their own processes (one connection each, kept alive).
+
+
+def _log_metric_calls(target: Target, experiment_id: str, calls: int) -> list[float]:
+    s = target.session()
+    run_id = target.new_run(s, experiment_id)
+    timings = []
+    for step in range(calls + 5):
+        started = time.perf_counter()
+        target.post(s, "/runs/log-metric", {"run_id": run_id, "key": "loss", "value": 1.0 / (step + 1),
+                                            "timestamp": int(time.time() * 1000), "step": step})
+        if step >= 5:  # the first calls open the connection and warm the caches
+            timings.append(time.perf_counter() - started)
+    return timings
+
+
+def _log_metric_for(target: Target, experiment_id: str, start_at: float, seconds: float) -> int:
+    s = target.session()
+    run_id = target.new_run(s, experiment_id)
+    target.post(s, "/runs/log-metric", {"run_id": run_id, "key": "loss", "value": 0.0,
+                                        "timestamp": 0, "step": 0})
+    time.sleep(max(0.0, start_at - time.time()))
+    points, step = 0, 1
+    while time.time() < start_at + seconds:
+        target.post(s, "/runs/log-metric", {"run_id": run_id, "key": "loss", "value": 1.0 / step,
+                                            "timestamp": int(time.time() * 1000), "step": step})
+        points, step = points + 1, step + 1
+    return points
+
+
+def _log_batches(target: Target, experiment_id: str, start_at: float, batches: int) -> float:
+    s = target.session()
+    run_id = target.new_run(s, experiment_id)
+    now = int(time.time() * 1000)
+    time.sleep(max(0.0, start_at - time.time()))
+    started = time.perf_counter()
+    for b in range(batches):
+        metrics = [{"key": f"m{i % 10}", "value": float(i), "timestamp": now, "step": b * 100 + i // 10}
+                   for i in range(1000)]
+        target.post(s, "/runs/log-batch", {"run_id": run_id, "metrics": metrics})
+    return time.perf_counter() - started
+
+
+def _create_runs(target: Target, experiment_id: str, count: int) -> None:
+    s = target.session()
+    for i in range(count):
+        run_id = target.new_run(s, experiment_id)
+        target.post(s, "/runs/log-batch", {
+            "run_id": run_id,
+            "params": [{"key": "lr", "value": str(0.001 * (i % 7))}, {"key": "seed", "value": str(i)}],
+            "metrics": [{"key": "accuracy", "value": (i % 100) / 100, "timestamp": 0, "step": 0}]})
+
+
+def _searches(target: Target, experiment_id: str, calls: int) -> dict[str, list[float]]:
+    s = target.session()
+    bodies = {
+        "runs/search": ("/runs/search", {"experiment_ids": [experiment_id], "max_results": 100,
+                                         "order_by": ["attributes.start_time DESC"]}),
+        "experiments/search": ("/experiments/search", {"max_results": 100}),
+    }
+    timings: dict[str, list[float]] = {name: [] for name in bodies}
+    for i in range(calls + 2):
+        for name, (path, body) in bodies.items():
+            started = time.perf_counter()
+            target.post(s, path, body)
+            if i >= 2:
+                timings[name].append(time.perf_counter() - started)
+    return timings
+
+
+def in_parallel(fn, argsets: list[tuple]) -> list:
+    with multiprocessing.get_context("fork").Pool(len(argsets)) as pool:
+        return pool.starmap(fn, argsets)
+
+
+@dataclass
+class Sizes:
+    rounds: int = 2
+    latency_calls: int = 300
+    throughput_seconds: float = 20
+    batches: int = 15
+    runs: int = 10_000
+    search_calls: int = 30
+    artifact_mb: int = 1024
+
+
+def round_of(target: Target, experiment_id: str, search_experiment: str, n: Sizes) -> dict[str, float]:
+    figures: dict[str, float] = {}
+    timings = in_parallel(_log_metric_calls, [(target, experiment_id, n.latency_calls)])[0]
+    figures["log-metric, 1 client, p50 ms"] = statistics.median(timings) * 1000
+    start_at = time.time() + 3  # every client has its run and connection before the clock starts
+    points = in_parallel(_log_metric_for, [(target, experiment_id, start_at, n.throughput_seconds)] * 8)
+    figures["log-metric, 8 clients, points/s"] = sum(points) / n.throughput_seconds
+    start_at = time.time() + 3
+    durations = in_parallel(_log_batches, [(target, experiment_id, start_at, n.batches)] * 4)
+    figures["log-batch (1000 points), 4 clients, points/s"] = 4 * n.batches * 1000 / max(durations)
+    searches = in_parallel(_searches, [(target, search_experiment, n.search_calls)])[0]
+    figures[f"runs/search ({n.runs} runs), p50 ms"] = statistics.median(searches["runs/search"]) * 1000
+    figures["experiments/search, p50 ms"] = statistics.median(searches["experiments/search"]) * 1000
+    return figures
+
+
+def populate(target: Target, runs: int) -> tuple[str, str]:
+    s = target.session()
+    workloads = target.post(s, "/experiments/create", {"name": f"bench-{uuid.uuid4().hex[:8]}"})
+    searched = target.post(s, "/experiments/create", {"name": f"bench-runs-{uuid.uuid4().hex[:8]}"})
+    clients = 8
+    in_parallel(_create_runs, [(target, searched["experiment_id"], runs // clients + (i < runs % clients))
+                               for i in range(clients)])
+    return workloads["experiment_id"], searched["experiment_id"]
+
+
+# ------------------------------------------------------------------------------------------
+# Artifacts and memory (the stack only)
+
+
+class MemorySampler:
+    """The peak memory `docker stats` reports for some containers, sampled in the background."""
+
+    def __init__(self, containers: list[str]):
+        self.containers, self.peak, self.start = containers, {}, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> MemorySampler:
+        self.start = container_memory(self.containers)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name, mib in container_memory(self.containers).items():
+                self.peak[name] = max(self.peak.get(name, 0.0), mib)
+
+    def growth(self) -> str:
+        return ", ".join(f"{name.rsplit('-', 2)[-2]} {self.start.get(name, 0):.0f} -> "
+                         f"{self.peak.get(name, 0):.0f} MiB" for name in self.containers)
+
+
+UNITS = {"B": 1 / 2**20, "KiB": 1 / 1024, "MiB": 1, "GiB": 1024}
+
+
+def container_memory(containers: list[str]) -> dict[str, float]:
+    out = docker("stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}", *containers)
+    memory = {}
+    for line in out.splitlines():
+        name, used = line.split()[:2]
+        unit = used.lstrip("0123456789.")
+        memory[name] = float(used[:-len(unit)]) * UNITS[unit]
+    return memory
+
+
+RAW_S3 = """
+import os, sys, time
+from mlstack_platform.config import PlatformConfig
+s3, bucket = PlatformConfig.from_env().s3_root_client(), os.environ["MLSTACK_ARTIFACT_BUCKET"]
+path, key, mb = "/tmp/bench.bin", "mlstack-bench/raw.bin", int(sys.argv[1])
+with open(path, "wb") as f:
+    for _ in range(mb):
+        f.write(os.urandom(2**20))
+started = time.perf_counter(); s3.upload_file(path, bucket, key); up = time.perf_counter() - started
+os.remove(path)
+started = time.perf_counter(); s3.download_file(bucket, key, path); down = time.perf_counter() - started
+s3.delete_object(Bucket=bucket, Key=key)
+print(up, down)
+"""
+
+PROXIED = """
+import sys, tempfile, time
+from mlflow import MlflowClient
+client, path, run_id = MlflowClient(), sys.argv[1], sys.argv[2]
+started = time.perf_counter(); client.log_artifact(run_id, path); up = time.perf_counter() - started
+with tempfile.TemporaryDirectory(dir=sys.argv[3]) as out:
+    started = time.perf_counter()
+    client.download_artifacts(run_id, "bench.bin", out)
+    down = time.perf_counter() - started
+print(up, down)
+"""
+
+
+def raw_s3(stack: Stack, mb: int) -> tuple[float, float]:
+    out = stack.compose("run", "--rm", "--no-deps", "-T", "--entrypoint", "python", "init",
+                        "-c", RAW_S3, str(mb), timeout=1800).stdout
+    up, down = map(float, out.split()[-2:])
+    return mb / up, mb / down
+
+
+def proxied(stack: Stack, user: tuple[str, str], experiment_id: str, source: Path,
+            mb: int) -> tuple[float, float, str]:
+    run_id = stack_target(stack, user).new_run(stack_target(stack, user).session(), experiment_id)
+    with MemorySampler([f"{stack.project}-nginx-1", f"{stack.project}-mlflow-1"]) as memory:
+        out = subprocess.run([sys.executable, "-c", PROXIED, str(source), run_id, str(source.parent)],
+                             env=stack.client_env(*user), capture_output=True, text=True,
+                             check=True, timeout=1800).stdout
+    up, down = map(float, out.split()[-2:])
+    return mb / up, mb / down, memory.growth()
+
+
+def stack_target(stack: Stack, user: tuple[str, str]) -> Target:
+    return Target("mlstack, plain user", stack.base_url, user, str(stack.ca_file))
+
+
+def idle_memory(stack: Stack) -> float:
+    names = [row["Name"] for row in stack.services().values() if row.get("State") == "running"]
+    names += docker("ps", "--filter", f"label=com.docker.compose.project={stack.project}",
+                    "--format", "{{.Names}}").split()  # the trainer's job containers, if any
+    return sum(container_memory(sorted(set(names))).values())
+
+
+# ------------------------------------------------------------------------------------------
+# The report
+
+# workload prefix: (better, goal, floor). Ratios are mlstack / stock.
+GOALS = {
+    "log-metric, 1 client": ("lower", 1.25, 1.5),
+    "log-metric, 8 clients": ("higher", 0.8, 0.7),
+    "log-batch": ("higher", 0.9, 0.9),
+}
+
+
+def verdict(workload: str, ratio: float) -> str:
+    for prefix, (better, goal, floor) in GOALS.items():
+        if workload.startswith(prefix):
+            ok = (lambda x, y: x <= y) if better == "lower" else (lambda x, y: x >= y)
+            return "goal met" if ok(ratio, goal) else "above floor" if ok(ratio, floor) else "BELOW FLOOR"
+    return "(reported)"
+
+
+def report(rounds: list[dict[str, dict[str, float]]], stock: str, ours: str) -> None:
+    print(f"\n| workload | {stock} | {ours} | ratio | goal |\n| --- | --- | --- | --- | --- |")
+    for workload in rounds[0][stock]:
+        a = [r[stock][workload] for r in rounds]
+        b = [r[ours][workload] for r in rounds]
+        ratio = statistics.median(b) / statistics.median(a)
+        print(f"| {workload} | {spread(a)} | {spread(b)} | {ratio:.2f}x | {verdict(workload, ratio)} |")
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.1f}" if len(values) == 1 else f"{min(values):.1f}-{max(values):.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="every path once, tiny sizes (CI)")
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--runs", type=int, help="runs in the searched experiment")
+    parser.add_argument("--artifact-mb", type=int)
+    args = parser.parse_args()
+    n = Sizes(rounds=1, latency_calls=20, throughput_seconds=2, batches=2, runs=40,
+              search_calls=3, artifact_mb=8) if args.smoke else Sizes()
+    n.rounds, n.runs, n.artifact_mb = (args.rounds or n.rounds, args.runs or n.runs,
+                                       args.artifact_mb or n.artifact_mb)
+    started = time.monotonic()
+    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
+          f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB; "
+          f"images: {os.environ.get('NGINX_IMAGE', 'official')} nginx, "
+          f"{os.environ.get('MINIO_IMAGE', 'official')} S3")
+
+    project = f"mlstack-bench-{os.getpid()}"
+    stack = Stack(project=project, settings={
+        # The platform's own defaults for gunicorn, not the e2e tests' smaller ones.
+        "MLFLOW_WORKERS": os.environ.get("MLFLOW_WORKERS", ""),
+        "MLFLOW_THREADS": os.environ.get("MLFLOW_THREADS", "")})
+    try:
+        stack.up()
+        # The stack's own gunicorn sizing (from the CPU count unless set), for both.
+        workers, threads = map(int, stack.compose(
+            "exec", "-T", "mlflow", "python", "-c", "from mlstack_platform.config import "
+            "PlatformConfig as P; c = P.from_env(); print(c.workers, c.threads)").stdout.split())
+        stock = StockMlflow(project, f"mlstack/platform:{os.environ.get('MLSTACK_VERSION', 'dev')}",
+                            workers, threads)
+        print(f"gunicorn, both: {workers} workers x {threads} threads")
+        time.sleep(10)
+        print(f"idle memory of the stack: {idle_memory(stack):.0f} MiB (goal < 2048 MiB)")
+        stock.up()
+
+        password = secrets.token_urlsafe(18)
+        stack.script("users", "create", "bench", "--password-stdin", input=password + "\n")
+        targets = [stock.target, stack_target(stack, ("bench", password))]
+        print(f"populating {n.runs} runs on each target")
+        experiments = {t.name: populate(t, n.runs) for t in targets}
+
+        rounds = []
+        for r in range(n.rounds):
+            figures = {}
+            for target in (targets if r % 2 == 0 else targets[::-1]):
+                figures[target.name] = round_of(target, *experiments[target.name], n)
+                print(f"round {r + 1}, {target.name}: " + json.dumps(
+                    {k: round(v, 1) for k, v in figures[target.name].items()}))
+            rounds.append(figures)
+        report(rounds, targets[0].name, targets[1].name)
+
+        with tempfile.TemporaryDirectory(prefix="mlstack-bench-") as tmp:
+            source = Path(tmp) / "bench.bin"
+            with source.open("wb") as f:
+                for _ in range(n.artifact_mb):
+                    f.write(os.urandom(2**20))
+            print(f"\nartifact of {n.artifact_mb} MiB, MB/s up / down "
+                  f"(raw: boto3 on {os.environ.get('MINIO_IMAGE', 'MinIO')} from the backend network)")
+            for r in range(n.rounds):
+                raw = raw_s3(stack, n.artifact_mb)
+                up, down, memory = proxied(stack, targets[1].auth, experiments[targets[1].name][0],
+                                           source, n.artifact_mb)
+                print(f"round {r + 1}: raw {raw[0]:.0f} / {raw[1]:.0f}, through the proxy "
+                      f"{up:.0f} / {down:.0f} ({up / raw[0]:.0%} / {down / raw[1]:.0%} of raw; "
+                      f"goal >= 70 %); memory: {memory}")
+    finally:
+        if "stock" in locals():
+            stock.down()
+        stack.down()
+    print(f"took {time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
