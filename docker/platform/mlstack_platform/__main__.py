@@ -136,9 +136,12 @@ def run_init(config: PlatformConfig) -> None:
     log("migrating the auth database")
     subprocess.run([sys.executable, "-m", "mlflow.server.auth", "db", "upgrade",
                     "--url", config.db_uri(config.auth_db)], check=True)
+    from . import auth_cache
     from .login import CREATE_TABLE  # Flask: only for the roles that need it
 
     databases.run_as(server, config.auth_db, config.db_role, CREATE_TABLE)
+    # Every change to the auth database tells MLflow's workers to drop what they cached.
+    databases.run_as(server, config.auth_db, config.db_role, auth_cache.TRIGGERS)
 
     from . import users  # imports the MLflow server: slow, so only where needed
 

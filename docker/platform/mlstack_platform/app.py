@@ -26,7 +26,7 @@ import re
 
 from flask import Flask, Response, jsonify, redirect, request
 
-from . import model_sources, permission_cache, request_shapes, tensorboard_sync
+from . import auth_cache, login, model_sources, permission_cache, request_shapes, tensorboard_sync
 
 _logger = logging.getLogger(__name__)
 
@@ -228,6 +228,7 @@ def create_app(app: Flask | None = None):
     flask_app.before_request(_refuse_malformed_request)
     permission_cache.install(auth)
     wrapped = auth.create_app(flask_app)
+    auth_cache.install(auth, login)  # (auth.store is open now)
     # After MLflow's own before-request hooks: the caller is authenticated by then.
     flask_app.before_request(_check_model_version_source)
     flask_app.before_request(_refuse_artifact_location)

@@ -22,7 +22,9 @@ address counts.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hmac
 import logging
 import math
 import secrets
@@ -96,6 +98,38 @@ def client_address() -> str:
     return peer[:64]
 
 
+class _OneCheckPerCredential:
+    """When MLflow's credential cache (MLFLOW_AUTH_CACHE_TTL_SECONDS) lets a credential go,
+    every thread that then sees it would hash the password itself, at once: with a client
+    sending several requests at a time, that is up to one PBKDF2 hash per thread of every
+    worker, every few seconds (py-spy: 17 % of MLflow's time under 8 clients). Here threads
+    checking the same credential take turns: the first hashes and fills MLflow's cache, the
+    others then find it there. Other credentials (a guesser's among them) never wait."""
+
+    def __init__(self) -> None:
+        self._key = secrets.token_bytes(32)  # the password never becomes a dictionary key
+        self._lock = threading.Lock()
+        self._held: dict[bytes, list] = {}  # digest -> [lock, threads using it]
+
+    @contextlib.contextmanager
+    def held(self, username: str, password: str):
+        digest = hmac.new(self._key, f"{username}\0{password}".encode(), "sha256").digest()
+        with self._lock:
+            entry = self._held.setdefault(digest, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._held[digest]
+
+
+_verifying = _OneCheckPerCredential()
+
+
 def authenticate() -> Authorization | Response:
     """Once per request: MLflow calls its authorization function several times."""
     if "mlstack_login" not in g:
@@ -117,7 +151,9 @@ def _authenticate() -> Authorization | Response:
         log.warning("login refused: %r from %s is blocked for %d s more", username, address,
                     retry_after)
         return _too_many(retry_after)
-    if auth._authenticate_cached(username, password):
+    with _verifying.held(username, password):
+        verified = auth._authenticate_cached(username, password)
+    if verified:
         return credentials
     if not auth.store.has_user(username):
         check_password_hash(_dummy_hash(), password)  # as long as a wrong password takes
@@ -138,18 +174,23 @@ def _too_many(retry_after: int) -> Response:
 def _blocked_for(engine, address: str, username: str) -> int:
     """Seconds the pair is still blocked for (0: not blocked). Fails open: a database
     problem must not lock everyone out (MLflow itself will fail on it anyway)."""
-    from sqlalchemy import text
-
     try:
-        with engine.connect() as conn:
-            until = conn.execute(text(f"SELECT blocked_until FROM {TABLE} WHERE address = :a "
-                                      "AND username = :u"), {"a": address, "u": username}
-                                 ).scalar()
+        until = blocked_until(engine, address, username)
     except Exception:  # noqa: BLE001
         log.exception("could not read failed logins")
         return 0
-    left = (until or 0) - time.time()
+    left = until - time.time()
     return math.ceil(left) if left > 0 else 0
+
+
+def blocked_until(engine, address: str, username: str) -> float:
+    """When the pair's block ends (0: never blocked). Cached per worker (auth_cache.py)."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        return conn.execute(text(f"SELECT blocked_until FROM {TABLE} WHERE address = :a "
+                                 "AND username = :u"), {"a": address, "u": username}
+                            ).scalar() or 0.0
 
 
 def _record_failure(engine, address: str, username: str) -> int:

@@ -1,0 +1,184 @@
+"""MLflow's reads of the auth database, kept in each worker until the database says they changed.
+
+For every request of a plain user MLflow's auth asks the auth database who the caller is
+(`get_user`: the id and `is_admin`, two or three times a request) and which grants they hold
+(`list_grants`), and the login check asks whether the caller is blocked (login.py). Each is a
+pooled connection's ping plus a query; together they were most of what a plain user's
+log-metric cost MLflow (py-spy: tests/benchmarks/versus_stock.py's notes in the README). The
+answers change only when users, grants or failed logins change, so they are kept here, and
+PostgreSQL itself says when to drop them: a trigger on every table of the auth database
+(TRIGGERS, installed by init) NOTIFYs `mlstack_auth` with the table's name after each change,
+and a thread in each worker LISTENs. A grant, a revocation, a deleted user or a new block
+therefore takes effect at once, as without the cache (within the milliseconds a notification
+takes to arrive).
+
+Until that thread is listening (at start, after losing its connection, or with an auth database
+that is not PostgreSQL, as in the unit tests), nothing is served from the cache: every read goes
+to the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any
+
+log = logging.getLogger("mlstack.auth_cache")
+
+CHANNEL = "mlstack_auth"
+LOGIN_FAILURES = "mlstack_login_failures"  # login.TABLE (not imported: login needs Flask)
+MAX_ENTRIES = 10_000  # per cache and worker
+
+# Every table of the auth database, MLflow's (users, roles, grants...) and login.py's, notifies
+# on any change. Idempotent: init runs it on every start, after the migrations (which may add
+# tables), as the role that owns the tables.
+TRIGGERS = f"""
+CREATE OR REPLACE FUNCTION mlstack_auth_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('{CHANNEL}', TG_TABLE_NAME);
+    RETURN NULL;
+END $$;
+DO $$
+DECLARE t record;
+BEGIN
+    FOR t IN SELECT tablename FROM pg_tables
+             WHERE schemaname = 'public' AND tablename <> 'alembic_version' LOOP
+        EXECUTE format('CREATE OR REPLACE TRIGGER mlstack_auth_changed AFTER INSERT OR UPDATE '
+                       'OR DELETE OR TRUNCATE ON %I FOR EACH STATEMENT '
+                       'EXECUTE FUNCTION mlstack_auth_changed()', t.tablename);
+    END LOOP;
+END $$;
+"""
+
+
+class Invalidations:
+    """A generation number per kind of data ("login": failed logins; "permissions": the rest),
+    moved on by every notification; None while not listening."""
+
+    RETRY_S = 1.0
+    KEEPALIVE_S = 30.0  # a query now and then, so that a silently dead connection is noticed
+
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        self._connect = connect
+        self._lock = threading.Lock()
+        self._generations = {"login": 0, "permissions": 0}
+        self._listening = False
+        self._warned = False
+        self._pid: int | None = None
+
+    def generation(self, kind: str) -> int | None:
+        self._start_once()
+        with self._lock:
+            return self._generations[kind] if self._listening else None
+
+    def _start_once(self) -> None:
+        # Started on first use, in the process that uses it (gunicorn forks its workers).
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._pid, self._listening = os.getpid(), False
+                    threading.Thread(target=self._listen_forever, daemon=True,
+                                     name="mlstack-auth-cache").start()
+
+    def _changed(self, listening: bool, kinds: set[str] | None = None) -> None:
+        with self._lock:
+            for kind in kinds or self._generations:
+                self._generations[kind] += 1
+            self._listening = listening
+
+    def _listen_forever(self) -> None:
+        while True:
+            try:
+                self._listen()
+            except Exception as exc:  # noqa: BLE001 (any failure: stop trusting, reconnect)
+                self._changed(listening=False)
+                if not self._warned:  # once per outage, not once a second
+                    log.warning("auth cache off until the auth database answers again: %s", exc)
+                    self._warned = True
+            time.sleep(self.RETRY_S)
+
+    def _listen(self) -> None:
+        conn = self._connect()
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(f"LISTEN {CHANNEL}")
+            self._changed(listening=True)
+            log.info("auth cache on: listening for changes to the auth database")
+            self._warned = False
+            while True:
+                if select.select([conn], [], [], self.KEEPALIVE_S) == ([], [], []):
+                    with conn.cursor() as cur:
+                        cur.execute("SELECT 1")
+                conn.poll()
+                if conn.notifies:
+                    tables = {notification.payload for notification in conn.notifies}
+                    conn.notifies.clear()
+                    # A failed login must not flush everyone's permissions, and the reverse.
+                    self._changed(listening=True, kinds={
+                        "login" if table == LOGIN_FAILURES else "permissions" for table in tables})
+        finally:
+            conn.close()
+
+
+class Cache:
+    """Values loaded by key, each valid while the generation it was loaded in is current."""
+
+    def __init__(self, invalidations: Invalidations, kind: str, size: int = MAX_ENTRIES) -> None:
+        self._invalidations, self._kind, self._size = invalidations, kind, size
+        self._entries: OrderedDict[Hashable, tuple[int, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, load: Callable[[], Any]) -> Any:
+        # The generation is read before loading: a change that lands while loading makes the
+        # loaded value stale at once.
+        generation = self._invalidations.generation(self._kind)
+        if generation is None:
+            return load()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] == generation:
+                self._entries.move_to_end(key)
+                return entry[1]
+        value = load()
+        with self._lock:
+            self._entries[key] = (generation, value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return value
+
+
+def _psycopg2_connect(engine) -> Callable[[], Any]:
+    import psycopg2
+
+    args = engine.url.translate_connect_args(username="user", database="dbname")
+    return lambda: psycopg2.connect(connect_timeout=10, **args)
+
+
+def install(auth, login) -> Invalidations | None:
+    """Cache the auth store's `get_user` and `list_grants` (module `auth`: MLflow's, once its
+    store is open) and login.py's block lookup, with a LISTENing connection of their own."""
+    store = auth.store
+    if store.engine.dialect.name != "postgresql":
+        log.info("auth reads are not cached: the auth database is not PostgreSQL")
+        return None
+    invalidations = Invalidations(_psycopg2_connect(store.engine))
+    users = Cache(invalidations, "permissions")
+    grants = Cache(invalidations, "permissions")
+    blocks = Cache(invalidations, "login")
+    get_user, list_grants, blocked_until = store.get_user, store.list_grants, login.blocked_until
+
+    # The entities are MLflow's, never changed in place by its auth code; a list is copied.
+    store.get_user = lambda username: users.get(username, lambda: get_user(username))
+    store.list_grants = lambda user_id, workspace, resource_types: list(grants.get(
+        (user_id, workspace, frozenset(resource_types)),
+        lambda: tuple(list_grants(user_id, workspace, resource_types))))
+    login.blocked_until = lambda engine, address, username: blocks.get(
+        (address, username), lambda: blocked_until(engine, address, username))
+    return invalidations

@@ -1,0 +1,169 @@
+"""The auth reads MLflow's workers keep (auth_cache.py), against MLflow's real auth store on a
+real PostgreSQL: answered from memory while nothing changes, and never stale once the database
+has told the workers of a change (a user made admin, deleted, blocked); with no database to
+listen to, every read goes to the database."""
+
+from __future__ import annotations
+
+import threading
+import time
+import types
+
+import pytest
+
+from mlstack_platform import auth_cache, databases, login, users
+from mlstack_platform.databases import sqlalchemy_uri
+
+
+@pytest.fixture
+def auth_db(postgres):
+    name = f"auth_{time.monotonic_ns()}"
+    databases.ensure_role(postgres, "mlflow", "mlflow-password-123")
+    databases.ensure_database(postgres, name, "mlflow")
+    store = users.open_store(sqlalchemy_uri(postgres.host, postgres.port, "mlflow",
+                                            "mlflow-password-123", name))
+    databases.run_as(postgres, name, "mlflow", login.CREATE_TABLE)
+    databases.run_as(postgres, name, "mlflow", auth_cache.TRIGGERS)
+    return store
+
+
+class Counting:
+    """Wraps a function and counts the calls that reach it (the database reads)."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        return self.fn(*args)
+
+
+@pytest.fixture
+def cached(auth_db, monkeypatch):
+    """MLflow's auth module and login.py as the platform's app installs the cache on them."""
+    get_user = Counting(auth_db.get_user)
+    monkeypatch.setattr(auth_db, "get_user", get_user)
+    blocked_until = Counting(login.blocked_until)
+    monkeypatch.setattr(login, "blocked_until", blocked_until)
+    invalidations = auth_cache.install(types.SimpleNamespace(store=auth_db), login)
+    eventually(lambda: invalidations.generation("permissions") is not None)  # listening
+    return auth_db, get_user, blocked_until
+
+
+def eventually(check, timeout_s: float = 5.0):
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "the cache never caught up with the database"
+        time.sleep(0.02)
+
+
+def test_a_user_is_read_once_then_from_memory_until_the_database_changes(cached):
+    store, reads, _ = cached
+    store.create_user("ada", "ada-password-123")
+    time.sleep(0.5)  # the creation's notification is in
+    store.get_user("ada")
+    before = reads.calls
+    for _ in range(20):
+        assert not store.get_user("ada").is_admin
+    assert reads.calls == before  # 20 requests' worth, no query
+
+    store.update_user("ada", is_admin=True)  # as `scripts/users` or MLflow's admin API would
+    eventually(lambda: store.get_user("ada").is_admin)
+    assert reads.calls > before
+
+    store.delete_user("ada")
+    eventually(lambda: _missing(store, "ada"))
+
+
+def _missing(store, username: str) -> bool:
+    try:
+        store.get_user(username)
+    except Exception:  # noqa: BLE001 (MLflow's "user not found")
+        return True
+    return False
+
+
+def test_a_block_takes_effect_for_the_next_request_and_a_failure_keeps_the_users(cached):
+    store, user_reads, block_reads = cached
+    store.create_user("eve", "eve-password-123")
+    engine = store.engine
+    time.sleep(0.5)
+    assert login._blocked_for(engine, "10.0.0.9", "eve") == 0
+    assert login._blocked_for(engine, "10.0.0.9", "eve") == 0
+    assert block_reads.calls == 1
+    store.get_user("eve")
+    users_before = user_reads.calls
+
+    for _ in range(login._limits()[0]):  # enough failures to block the pair
+        login._record_failure(engine, "10.0.0.9", "eve")
+    eventually(lambda: login._blocked_for(engine, "10.0.0.9", "eve") > 0)
+    assert login._blocked_for(engine, "10.0.0.8", "eve") == 0  # another address is not blocked
+    # Failed logins changed nothing about users: their cached answers stay.
+    store.get_user("eve")
+    assert user_reads.calls == users_before
+
+    login.unblock(engine, "eve")
+    eventually(lambda: login._blocked_for(engine, "10.0.0.9", "eve") == 0)
+
+
+def test_nothing_is_cached_while_nobody_listens():
+    loads = []
+    invalidations = auth_cache.Invalidations(connect=_refuse)
+    cache = auth_cache.Cache(invalidations, "permissions")
+    for _ in range(5):
+        cache.get("key", lambda: loads.append(1) or len(loads))
+        time.sleep(0.05)
+    assert len(loads) == 5
+
+
+def _refuse():
+    raise OSError("the auth database is down")
+
+
+def test_a_change_while_a_value_loads_makes_that_value_stale():
+    invalidations = auth_cache.Invalidations(connect=_refuse)
+    invalidations._pid, invalidations._listening = __import__("os").getpid(), True  # listening
+    cache = auth_cache.Cache(invalidations, "permissions")
+
+    def load_during_a_change():
+        invalidations._changed(listening=True, kinds={"permissions"})
+        return "old"
+
+    assert cache.get("key", load_during_a_change) == "old"
+    assert cache.get("key", lambda: "new") == "new"
+    assert cache.get("key", lambda: "unused") == "new"
+
+
+def test_threads_checking_one_credential_take_turns_and_others_do_not_wait():
+    verifying = login._OneCheckPerCredential()
+    inside = threading.Event()
+    release = threading.Event()
+    order = []
+
+    def first():
+        with verifying.held("ada", "right-password"):
+            inside.set()
+            release.wait(5)
+            order.append("first")
+
+    def same_credential():
+        with verifying.held("ada", "right-password"):
+            order.append("same")
+
+    def other_credential():
+        with verifying.held("ada", "a-guess"):
+            order.append("other")
+
+    threads = [threading.Thread(target=first)]
+    threads[0].start()
+    inside.wait(5)
+    threads += [threading.Thread(target=same_credential), threading.Thread(target=other_credential)]
+    for t in threads[1:]:
+        t.start()
+    threads[2].join(5)
+    assert order == ["other"]  # a guess never waits behind a real user's check
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert order == ["other", "first", "same"]
+    assert not verifying._held  # nothing kept once everyone is through
