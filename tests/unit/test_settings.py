@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from mlstack_platform import settings
@@ -9,7 +11,8 @@ def test_defaults_apply_when_nothing_is_set(monkeypatch):
     for name in ("MLFLOW_WORKERS", "MLSTACK_HOSTNAMES", "MLFLOW_AUTH_DEFAULT_PERMISSION"):
         monkeypatch.delenv(name, raising=False)
     config = PlatformConfig.from_env()
-    assert config.workers == 4
+    # Two per CPU, within 2..8.
+    assert config.workers == min(8, max(2, 2 * len(os.sched_getaffinity(0))))
     assert config.hostnames == ["localhost", "127.0.0.1"]
     assert config.default_permission == "NO_PERMISSIONS"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,13 @@ from . import settings
 from .databases import Server, sqlalchemy_uri
 
 PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
+
+
+def default_workers() -> int:
+    """gunicorn workers when MLFLOW_WORKERS is unset: two per CPU this container may use (a
+    worker waits on PostgreSQL about half the time), at least 2 and at most 8 (each holds
+    ~250 MB and two database pools: see POSTGRES_MAX_CONNECTIONS in .env.example)."""
+    return min(8, max(2, 2 * len(os.sched_getaffinity(0))))
 
 
 @dataclass(frozen=True)
@@ -47,7 +55,7 @@ class PlatformConfig:
             trainer_db="trainer",
             s3_endpoint=settings.text("MLSTACK_S3_ENDPOINT", "http://minio:9000"),
             bucket=settings.bucket("MLSTACK_ARTIFACT_BUCKET", "mlflow-artifacts"),
-            workers=settings.integer("MLFLOW_WORKERS", 4, maximum=64),
+            workers=settings.integer("MLFLOW_WORKERS", default_workers(), maximum=64),
             threads=settings.integer("MLFLOW_THREADS", 8, maximum=256),
             timeout_s=settings.integer("MLFLOW_TIMEOUT_SECONDS", 120, minimum=10, maximum=86400),
             db_pool_size=settings.integer("MLFLOW_DB_POOL_SIZE", 5, maximum=100),
