@@ -225,3 +225,24 @@ def test_a_forged_client_address_does_not_escape_the_login_limit(stack: Stack):
         for i in range(12)]
     assert codes[-1] == 429, codes
     stack.script("users", "unblock", "jules")
+
+
+def test_accepted_credentials_are_remembered_in_nginxs_memory_alone(stack: Stack, dora):
+    """nginx keeps MLflow's answer for an accepted credential a few seconds (the cache key is
+    the Authorization header itself): in a tmpfs only nginx's workers may read, never on disk."""
+    assert stack.session(*dora).get(f"{stack.base_url}/api/2.0/mlflow/users/current").ok
+    cache = "/var/cache/nginx/mlstack-auth"
+    out = stack.compose("exec", "-T", "nginx", "sh", "-c",
+                        f"grep ' {cache} ' /proc/mounts; stat -c '%a %U' {cache}; "
+                        # the user of each nginx worker process (the images have no ps)
+                        "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null | "
+                        "grep -q 'worker process' && stat -c %U $p; done | sort -u; "
+                        f"find {cache} -type f | wc -l").stdout.splitlines()
+    mount, (mode, owner), files = out[0].split(), out[1].split(), int(out[-1])
+    assert mount[2] == "tmpfs"
+    workers = set(out[2:-1])
+    assert mode == "700" and workers == {owner} and owner != "root"  # nginx's workers alone
+    assert files >= 1  # dora's acceptance is there, in memory
+    # A wrong password is never answered from the cache, whoever was accepted before.
+    wrong = stack.session(dora[0], dora[1] + "-not")
+    assert wrong.get(f"{stack.base_url}/api/2.0/mlflow/users/current").status_code == 401
