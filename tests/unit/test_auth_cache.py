@@ -17,13 +17,14 @@ from mlstack_platform.databases import sqlalchemy_uri
 
 @pytest.fixture
 def auth_db(postgres):
-    name = f"auth_{time.monotonic_ns()}"
-    databases.ensure_role(postgres, "mlflow", "mlflow-password-123")
-    databases.ensure_database(postgres, name, "mlflow")
-    store = users.open_store(sqlalchemy_uri(postgres.host, postgres.port, "mlflow",
-                                            "mlflow-password-123", name))
-    databases.run_as(postgres, name, "mlflow", login.CREATE_TABLE)
-    databases.run_as(postgres, name, "mlflow", auth_cache.TRIGGERS)
+    # A role and database of this test's own: the session's PostgreSQL is shared.
+    name = f"auth_cache_{time.monotonic_ns()}"
+    databases.ensure_role(postgres, name, "auth-cache-password-123")
+    databases.ensure_database(postgres, name, name)
+    store = users.open_store(sqlalchemy_uri(postgres.host, postgres.port, name,
+                                            "auth-cache-password-123", name))
+    databases.run_as(postgres, name, name, login.CREATE_TABLE)
+    databases.run_as(postgres, name, name, auth_cache.TRIGGERS)
     return store
 
 
