@@ -37,3 +37,64 @@ def test_a_full_store_is_answered_with_a_message_and_no_retryable_status(monkeyp
     with pytest.raises(ArtifactStoreFull, match="the artifact store is full") as raised:
         repo.log_artifact("/tmp/x", "data")
     assert raised.value.get_http_status_code() == 409  # clients retry 429 and 5xx, not this
+
+
+class _Body:
+    def __init__(self, data: bytes):
+        self.data, self.closed = data, False
+
+    def iter_chunks(self, size):
+        for i in range(0, len(self.data), size):
+            yield self.data[i:i + size]
+
+    def close(self):
+        self.closed = True
+
+
+class _S3:
+    """What the repository asks of boto3 to open a file: get_object, and a listing."""
+
+    def __init__(self, objects: dict[str, bytes]):
+        self.objects = objects
+
+    def get_object(self, Bucket, Key):  # noqa: N803 (boto3's names)
+        from botocore.exceptions import ClientError
+
+        if Key not in self.objects:
+            raise ClientError({"Error": {"Code": "NoSuchKey"}}, "GetObject")
+        return {"Body": _Body(self.objects[Key]), "ContentLength": len(self.objects[Key])}
+
+
+def test_a_download_streams_the_object_and_names_what_is_missing(monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    from mlstack_platform.artifact_download import _chunks
+
+    repo = ProxiedS3ArtifactRepository("s3-proxied://bucket")
+    s3 = _S3({"1/run/artifacts/model.bin": b"x" * 2500})
+    monkeypatch.setattr(repo._s3, "_get_s3_client", lambda: s3)
+    monkeypatch.setattr(repo, "list_artifacts",
+                        lambda path=None: ["something"] if path == "1/run/artifacts" else [])
+
+    body, length = repo.open_file("1/run/artifacts/model.bin")
+    assert length == 2500
+    chunks = _chunks(body, 1000)
+    assert [len(c) for c in chunks] == [1000, 1000, 500]
+    assert body.closed  # given back to the pool once sent
+
+    with pytest.raises(MlflowException, match="no artifact at") as missing:
+        repo.open_file("1/run/artifacts/missing.bin")
+    assert missing.value.get_http_status_code() == 404
+    with pytest.raises(MlflowException, match="a directory, not a file") as folder:
+        repo.open_file("1/run/artifacts")
+    assert folder.value.get_http_status_code() == 400
+
+
+def test_a_client_that_goes_away_mid_download_closes_the_s3_body():
+    from mlstack_platform.artifact_download import _chunks
+
+    body = _Body(b"y" * 5000)
+    chunks = _chunks(body, 1000)
+    next(chunks)
+    chunks.close()  # what the WSGI server does when the client is gone
+    assert body.closed

@@ -14,7 +14,8 @@ a check that its source is a run's or logged model's artifacts the caller may re
 (model_sources.py); experiments are created only with the server's own artifact location;
 malformed requests are answered 400 before MLflow's handlers fail on them (request_shapes.py);
 the experiment of a run, which MLflow looks up on every run-scoped request, is cached
-(permission_cache.py).
+(permission_cache.py), and so are users, grants and login blocks until the auth database
+changes (auth_cache.py); artifact downloads stream from S3 (artifact_download.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,15 @@ import re
 
 from flask import Flask, Response, jsonify, redirect, request
 
-from . import auth_cache, login, model_sources, permission_cache, request_shapes, tensorboard_sync
+from . import (
+    artifact_download,
+    auth_cache,
+    login,
+    model_sources,
+    permission_cache,
+    request_shapes,
+    tensorboard_sync,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -229,6 +238,7 @@ def create_app(app: Flask | None = None):
     permission_cache.install(auth)
     wrapped = auth.create_app(flask_app)
     auth_cache.install(auth, login)  # (auth.store is open now)
+    artifact_download.install(flask_app)
     # After MLflow's own before-request hooks: the caller is authenticated by then.
     flask_app.before_request(_check_model_version_source)
     flask_app.before_request(_refuse_artifact_location)

@@ -84,6 +84,26 @@ class ProxiedS3ArtifactRepository(ArtifactRepository):
                                       error_code=RESOURCE_DOES_NOT_EXIST) from None
             raise
 
+    def open_file(self, artifact_path: str):
+        """S3's streaming body of one artifact file, and its length (artifact_download.py).
+        A missing file is a 404 and a folder a 400, as MLflow's own handler answers them."""
+        from botocore.exceptions import ClientError
+
+        bucket, root = self._s3.parse_s3_compliant_uri(self._s3.artifact_uri)
+        try:
+            found = self._s3._get_s3_client().get_object(
+                Bucket=bucket, Key=posixpath.join(root, artifact_path))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+                raise
+            if self.list_artifacts(artifact_path):
+                raise MlflowException.invalid_parameter_value(
+                    f"Artifact path refers to a directory, not a file: '{artifact_path}'"
+                ) from None
+            raise MlflowException(f"no artifact at {artifact_path!r}",
+                                  error_code=RESOURCE_DOES_NOT_EXIST) from None
+        return found["Body"], found["ContentLength"]
+
     def _exists(self, path: str) -> bool:
         path = path.strip("/")
         parent = posixpath.dirname(path)

@@ -1,0 +1,59 @@
+"""Artifact downloads through MLflow's proxy, streamed from S3 to the client as they arrive.
+
+MLflow's handler for `GET /api/2.0/mlflow-artifacts/artifacts/<path>` (what every client's
+`download_artifacts` calls) first copies the whole object from S3 into a temporary folder, then
+sends that file: a 1 GiB model is written to and read back from the MLflow container's disk
+before the client gets its first byte, and the proxy delivered a quarter of what S3 can
+(tests/benchmarks/versus_stock.py). Here the same endpoint streams S3's response body instead,
+with the headers MLflow's handler sets (its own functions set them). Requests with a Range or
+a condition, and artifact stores other than s3-proxied://, still go to MLflow's handler.
+
+The endpoint's permission check is MLflow's before-request hook, which runs before any view
+function: replacing the view changes nothing about who may download what.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from flask import Flask, current_app, request
+
+from .artifact_repo import ProxiedS3ArtifactRepository
+
+ENDPOINT = "_download_artifact"  # MLflow registers each handler under its function's name
+
+
+def install(flask_app: Flask) -> None:
+    from mlflow.server import handlers
+
+    mlflows = flask_app.view_functions[ENDPOINT]
+
+    @handlers.catch_mlflow_exception
+    @handlers._disable_unless_serve_artifacts
+    def download(artifact_path):
+        if request.range or request.if_range or request.if_none_match or request.if_modified_since:
+            return mlflows(artifact_path)
+        repo = handlers._get_artifact_repo_mlflow_artifacts()
+        if not isinstance(repo, ProxiedS3ArtifactRepository):
+            return mlflows(artifact_path)
+        path = handlers._get_workspace_scoped_repo_path_if_enabled(
+            handlers.validate_path_is_safe(artifact_path))
+        body, length = repo.open_file(path)
+        response = current_app.response_class(_chunks(body, handlers.ARTIFACT_STREAM_CHUNK_SIZE),
+                                              direct_passthrough=True)
+        response.content_length = length
+        response.cache_control.no_cache = True
+        name = posixpath.basename(path)
+        response.headers["Content-Disposition"] = handlers._content_disposition_attachment(name)
+        return handlers._response_with_file_attachment_headers(name, response)
+
+    flask_app.view_functions[ENDPOINT] = download
+
+
+def _chunks(body, size: int):
+    """S3's body, a chunk at a time; closed when the client is done or goes away (the WSGI
+    server closes the iterator either way)."""
+    try:
+        yield from body.iter_chunks(size)
+    finally:
+        body.close()
