@@ -43,6 +43,42 @@ def test_mlflows_run_requirement_is_still_the_one_the_cache_repeats():
         "MLflow changed _run_requirement: review mlstack_platform/permission_cache.py"
 
 
+MLFLOWS_LOG_BATCH_VALIDATOR = '''
+def validate_can_log_batch():
+    # LogBatch can optionally write metrics to logged models via per-metric model_id.
+    # Parse through the proto (covers the camelCase `modelId` alias on nested metrics).
+    msg = _get_request_message(LogBatch())
+    model_ids = {m.model_id for m in msg.metrics if m.model_id}
+    return _validate_can_update_run_and_models(model_ids)
+'''
+
+
+def test_mlflows_log_batch_validator_is_still_the_one_read_from_json():
+    source = Path(mlflow.server.auth.__file__).read_text()
+    found = re.search(r"\ndef validate_can_log_batch\(.*?\n(?=\n\ndef )", source, re.S)
+    assert found and found.group(0).strip() == MLFLOWS_LOG_BATCH_VALIDATOR.strip(), \
+        "MLflow changed validate_can_log_batch: review mlstack_platform/permission_cache.py"
+
+
+@pytest.mark.parametrize("field", ["model_id", "modelId"])
+def test_a_batch_cannot_write_metrics_to_someone_elses_logged_model(mlstack_app, field):
+    app = mlstack_app
+    alices_experiment, _ = make_run(app, ALICE, f"alice-models-{field}")
+    model = rest(app, ALICE, "post", "logged-models",
+                 json={"experiment_id": alices_experiment}).json()["model"]["info"]["model_id"]
+    _, bobs_run = make_run(app, BOB, f"bob-batch-{field}")
+
+    def batch(user, run_id, model_id):
+        return rest(app, user, "post", "runs/log-batch", json={"run_id": run_id, "metrics": [
+            {"key": "loss", "value": 1, "timestamp": 1},
+            {"key": "acc", "value": 0.5, "timestamp": 1, field: model_id}]})
+
+    assert batch(BOB, bobs_run, model).status_code == 403  # alice's model, from bob's own run
+    assert batch(BOB, bobs_run, "").status_code == 200
+    _, alices_run = make_run(app, ALICE, f"alice-batch-{field}")
+    assert batch(ALICE, alices_run, model).status_code == 200
+
+
 def log(app, user, run_id, value: float):
     return rest(app, user, "post", "runs/log-metric",
                 json={"run_id": run_id, "key": "loss", "value": value, "timestamp": 1})
