@@ -7,13 +7,15 @@ workload against both in alternating rounds, from this machine, as a team member
 would: a plain (non-admin) user through https on the stack, plain http on stock MLflow.
 
 Workloads (each round, each target):
-  log-metric, 1 client       p50 latency of one metric point per request
+  log-metric, 1 client       p50 latency of one metric point per request (one client whose
+                             calls alternate between the two targets)
   log-metric, 8 clients      points/s, each client logging to its own run
   log-batch, 4 clients       points/s, 1000 metrics per request
   runs/search, experiments/search   p50 with RUNS runs in the user's experiment
 Then, on the stack only: an artifact of ARTIFACT_MB up and down with the stock client through
-the proxy, against boto3 on the same S3 server from the backend network ("raw"), with the
-memory of nginx and MLflow sampled during the transfer; and the idle memory of the whole stack.
+the proxy (one HTTP stream each way), against boto3 on the same S3 server from the backend
+network ("raw"), both with its transfer manager (parallel ranged parts) and in one stream, with
+the memory of nginx and MLflow sampled during the transfer; and the idle memory of the stack.
 
     .venv/bin/python -m tests.benchmarks.versus_stock [--rounds N] [--runs N] [--artifact-mb N]
     .venv/bin/python -m tests.benchmarks.versus_stock --smoke     (CI: every path, tiny sizes)
@@ -138,16 +140,19 @@ def wait_until(what: str, check, timeout_s: float = 120) -> None:
 # Workloads. Client functions run in their own processes (one connection each, kept alive).
 
 
-def _log_metric_calls(target: Target, experiment_id: str, calls: int) -> list[float]:
-    s = target.session()
-    run_id = target.new_run(s, experiment_id)
-    timings = []
+def _log_metric_calls(targets: list[Target], experiment_ids: list[str], calls: int) -> list[list[float]]:
+    """One client, its calls alternating between the targets (so that a slow moment of a
+    shared machine falls on both alike): each call's time, per target."""
+    sessions = [t.session() for t in targets]
+    runs = [t.new_run(s, e) for t, s, e in zip(targets, sessions, experiment_ids, strict=True)]
+    timings: list[list[float]] = [[] for _ in targets]
     for step in range(calls + 5):
-        started = time.perf_counter()
-        target.post(s, "/runs/log-metric", {"run_id": run_id, "key": "loss", "value": 1.0 / (step + 1),
-                                            "timestamp": int(time.time() * 1000), "step": step})
-        if step >= 5:  # the first calls open the connection and warm the caches
-            timings.append(time.perf_counter() - started)
+        for target, s, run_id, times in zip(targets, sessions, runs, timings, strict=True):
+            started = time.perf_counter()
+            target.post(s, "/runs/log-metric", {"run_id": run_id, "key": "loss", "value": 1.0 / (step + 1),
+                                                "timestamp": int(time.time() * 1000), "step": step})
+            if step >= 5:  # the first calls open the connection and warm the caches
+                times.append(time.perf_counter() - started)
     return timings
 
 
@@ -223,8 +228,6 @@ class Sizes:
 
 def round_of(target: Target, experiment_id: str, search_experiment: str, n: Sizes) -> dict[str, float]:
     figures: dict[str, float] = {}
-    timings = in_parallel(_log_metric_calls, [(target, experiment_id, n.latency_calls)])[0]
-    figures["log-metric, 1 client, p50 ms"] = statistics.median(timings) * 1000
     start_at = time.time() + 3  # every client has its run and connection before the clock starts
     points = in_parallel(_log_metric_for, [(target, experiment_id, start_at, n.throughput_seconds)] * 8)
     figures["log-metric, 8 clients, points/s"] = sum(points) / n.throughput_seconds
@@ -299,11 +302,22 @@ path, key, mb = "/tmp/bench.bin", "mlstack-bench/raw.bin", int(sys.argv[1])
 with open(path, "wb") as f:
     for _ in range(mb):
         f.write(os.urandom(2**20))
-started = time.perf_counter(); s3.upload_file(path, bucket, key); up = time.perf_counter() - started
-os.remove(path)
-started = time.perf_counter(); s3.download_file(bucket, key, path); down = time.perf_counter() - started
+def timed(fn):
+    started = time.perf_counter(); fn(); return time.perf_counter() - started
+def get_one_stream():
+    with open(path, "wb") as f:
+        for chunk in s3.get_object(Bucket=bucket, Key=key)["Body"].iter_chunks(2**20):
+            f.write(chunk)
+def put_one_stream():
+    with open(path, "rb") as f:
+        s3.put_object(Bucket=bucket, Key=key, Body=f)
+# boto3's transfer manager (parallel ranged parts), then one stream each way, as a client has.
+up = timed(lambda: s3.upload_file(path, bucket, key))
+down = timed(lambda: s3.download_file(bucket, key, path))
+up1 = timed(put_one_stream)
+down1 = timed(get_one_stream)
 s3.delete_object(Bucket=bucket, Key=key)
-print(up, down)
+print(up, down, up1, down1)
 """
 
 PROXIED = """
@@ -319,20 +333,23 @@ print(up, down)
 """
 
 
-def raw_s3(stack: Stack, mb: int) -> tuple[float, float]:
+def raw_s3(stack: Stack, mb: int) -> list[float]:
+    """MB/s: up and down with boto3's transfer manager, then up and down in one stream."""
     out = stack.compose("run", "--rm", "--no-deps", "-T", "--entrypoint", "python", "init",
                         "-c", RAW_S3, str(mb), timeout=1800).stdout
-    up, down = map(float, out.split()[-2:])
-    return mb / up, mb / down
+    return [mb / seconds for seconds in map(float, out.split()[-4:])]
 
 
 def proxied(stack: Stack, user: tuple[str, str], experiment_id: str, source: Path,
             mb: int) -> tuple[float, float, str]:
     run_id = stack_target(stack, user).new_run(stack_target(stack, user).session(), experiment_id)
     with MemorySampler([f"{stack.project}-nginx-1", f"{stack.project}-mlflow-1"]) as memory:
-        out = subprocess.run([sys.executable, "-c", PROXIED, str(source), run_id, str(source.parent)],
-                             env=stack.client_env(*user), capture_output=True, text=True,
-                             check=True, timeout=1800).stdout
+        done = subprocess.run([sys.executable, "-c", PROXIED, str(source), run_id, str(source.parent)],
+                              env=stack.client_env(*user), capture_output=True, text=True,
+                              timeout=1800)
+    if done.returncode != 0:
+        raise RuntimeError(f"the artifact transfer through the proxy failed:\n{done.stderr[-3000:]}")
+    out = done.stdout
     up, down = map(float, out.split()[-2:])
     return mb / up, mb / down, memory.growth()
 
@@ -423,9 +440,13 @@ def main() -> None:
 
         rounds = []
         for r in range(n.rounds):
-            figures = {}
-            for target in (targets if r % 2 == 0 else targets[::-1]):
-                figures[target.name] = round_of(target, *experiments[target.name], n)
+            order = targets if r % 2 == 0 else targets[::-1]
+            latencies = in_parallel(_log_metric_calls, [(
+                order, [experiments[t.name][0] for t in order], n.latency_calls)])[0]
+            figures = {t.name: {"log-metric, 1 client, p50 ms": statistics.median(times) * 1000}
+                       for t, times in zip(order, latencies, strict=True)}
+            for target in order:
+                figures[target.name].update(round_of(target, *experiments[target.name], n))
                 print(f"round {r + 1}, {target.name}: " + json.dumps(
                     {k: round(v, 1) for k, v in figures[target.name].items()}))
             rounds.append(figures)
@@ -442,9 +463,11 @@ def main() -> None:
                 raw = raw_s3(stack, n.artifact_mb)
                 up, down, memory = proxied(stack, targets[1].auth, experiments[targets[1].name][0],
                                            source, n.artifact_mb)
-                print(f"round {r + 1}: raw {raw[0]:.0f} / {raw[1]:.0f}, through the proxy "
-                      f"{up:.0f} / {down:.0f} ({up / raw[0]:.0%} / {down / raw[1]:.0%} of raw; "
-                      f"goal >= 70 %); memory: {memory}")
+                print(f"round {r + 1}: raw, boto3's transfer manager {raw[0]:.0f} / {raw[1]:.0f}, "
+                      f"one stream {raw[2]:.0f} / {raw[3]:.0f}; through the proxy (one stream) "
+                      f"{up:.0f} / {down:.0f}: {up / raw[0]:.0%} / {down / raw[1]:.0%} of the "
+                      f"transfer manager, {up / raw[2]:.0%} / {down / raw[3]:.0%} of one stream "
+                      f"(goal >= 70 %); memory: {memory}")
     finally:
         if "stock" in locals():
             stock.down()

@@ -98,3 +98,20 @@ def test_a_client_that_goes_away_mid_download_closes_the_s3_body():
     next(chunks)
     chunks.close()  # what the WSGI server does when the client is gone
     assert body.closed
+
+
+def test_the_scheme_is_registered_when_the_server_app_is_imported_first():
+    """gunicorn imports mlstack_platform.app before anything else; MLflow then loads its
+    artifact repository plugins, ours among them (an import cycle once left it unregistered,
+    and every artifact upload failed)."""
+    import subprocess
+    import sys
+
+    code = ("import mlstack_platform.app\n"
+            "from mlflow.store.artifact.artifact_repository_registry import "
+            "get_artifact_repository\n"
+            "print(type(get_artifact_repository('s3-proxied://bucket/x')).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**__import__("os").environ,
+                              "MLFLOW_S3_ENDPOINT_URL": "http://minio:9000"})
+    assert out.stdout.strip() == "ProxiedS3ArtifactRepository", out.stderr[-2000:]

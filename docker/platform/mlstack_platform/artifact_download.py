@@ -18,13 +18,16 @@ import posixpath
 
 from flask import Flask, current_app, request
 
-from .artifact_repo import ProxiedS3ArtifactRepository
-
 ENDPOINT = "_download_artifact"  # MLflow registers each handler under its function's name
 
 
 def install(flask_app: Flask) -> None:
     from mlflow.server import handlers
+
+    # Here, not at the top: MLflow imports artifact_repo itself when it loads its artifact
+    # repository plugins, and an import from this module's own import would get there first,
+    # half-done, and the s3-proxied:// scheme would go unregistered.
+    from .artifact_repo import ProxiedS3ArtifactRepository
 
     mlflows = flask_app.view_functions[ENDPOINT]
 
