@@ -5,6 +5,7 @@ files their creator may not read. Each attack is performed through nginx and see
 from __future__ import annotations
 
 import json
+import re
 import socket
 import ssl
 import statistics
@@ -228,8 +229,9 @@ def test_a_forged_client_address_does_not_escape_the_login_limit(stack: Stack):
 
 
 def test_accepted_credentials_are_remembered_in_nginxs_memory_alone(stack: Stack, dora):
-    """nginx keeps MLflow's answer for an accepted credential a few seconds (the cache key is
-    the Authorization header itself): in a tmpfs only nginx's workers may read, never on disk."""
+    """nginx keeps MLflow's answer for an accepted credential a few seconds, per client address
+    (the cache key holds the Authorization header itself): in a tmpfs only nginx's workers may
+    read, never on disk."""
     assert stack.session(*dora).get(f"{stack.base_url}/api/2.0/mlflow/users/current").ok
     cache = "/var/cache/nginx/mlstack-auth"
     out = stack.compose("exec", "-T", "nginx", "sh", "-c",
@@ -239,6 +241,10 @@ def test_accepted_credentials_are_remembered_in_nginxs_memory_alone(stack: Stack
                         "grep -q 'worker process' && stat -c %U $p; done | sort -u; "
                         f"find {cache} -type f | wc -l").stdout.splitlines()
     mount, (mode, owner), files = out[0].split(), out[1].split(), int(out[-1])
+    # Each entry is for one client address and credential (nginx writes its key in the entry).
+    keys = stack.compose("exec", "-T", "nginx", "sh", "-c",
+                         f"find {cache} -type f -exec grep -ah '^KEY: ' {{}} +").stdout.split("\n")
+    assert all(re.fullmatch(r"KEY: [0-9a-f.:]+ Basic \S+", key) for key in keys if key), keys
     assert mount[2] == "tmpfs"
     workers = set(out[2:-1])
     assert mode == "700" and workers == {owner} and owner != "root"  # nginx's workers alone
