@@ -7,8 +7,10 @@ workload against both in alternating rounds, from this machine, as a team member
 would: a plain (non-admin) user through https on the stack, plain http on stock MLflow.
 
 Workloads (each round, each target):
-  log-metric, 1 client       p50 latency of one metric point per request (one client whose
-                             calls alternate between the two targets)
+  log-metric, 1 client       p50 latency of one metric point per request: one client whose
+                             calls alternate between the two targets (a slow moment of the
+                             shared machine falls on both alike), then one client per target
+                             alone (each server warm, as a client sending steadily sees it)
   log-metric, 8 clients      points/s, each client logging to its own run
   log-batch, 4 clients       points/s, 1000 metrics per request
   runs/search, experiments/search   p50 with RUNS runs in the user's experiment
@@ -228,6 +230,8 @@ class Sizes:
 
 def round_of(target: Target, experiment_id: str, search_experiment: str, n: Sizes) -> dict[str, float]:
     figures: dict[str, float] = {}
+    timings = in_parallel(_log_metric_calls, [([target], [experiment_id], n.latency_calls)])[0][0]
+    figures["log-metric, 1 client alone, p50 ms"] = statistics.median(timings) * 1000
     start_at = time.time() + 3  # every client has its run and connection before the clock starts
     points = in_parallel(_log_metric_for, [(target, experiment_id, start_at, n.throughput_seconds)] * 8)
     figures["log-metric, 8 clients, points/s"] = sum(points) / n.throughput_seconds
@@ -443,7 +447,8 @@ def main() -> None:
             order = targets if r % 2 == 0 else targets[::-1]
             latencies = in_parallel(_log_metric_calls, [(
                 order, [experiments[t.name][0] for t in order], n.latency_calls)])[0]
-            figures = {t.name: {"log-metric, 1 client, p50 ms": statistics.median(times) * 1000}
+            figures = {t.name: {"log-metric, 1 client alternating, p50 ms":
+                                statistics.median(times) * 1000}
                        for t, times in zip(order, latencies, strict=True)}
             for target in order:
                 figures[target.name].update(round_of(target, *experiments[target.name], n))
