@@ -19,6 +19,9 @@ import posixpath
 from flask import Flask, current_app, request
 
 ENDPOINT = "_download_artifact"  # MLflow registers each handler under its function's name
+# Partial and conditional downloads: MLflow's handler answers them from its temporary copy.
+_MLFLOWS_OWN = ("Range", "If-Range", "If-None-Match", "If-Modified-Since", "If-Match",
+                "If-Unmodified-Since")
 
 
 def install(flask_app: Flask) -> None:
@@ -34,7 +37,7 @@ def install(flask_app: Flask) -> None:
     @handlers.catch_mlflow_exception
     @handlers._disable_unless_serve_artifacts
     def download(artifact_path):
-        if request.range or request.if_range or request.if_none_match or request.if_modified_since:
+        if any(header in request.headers for header in _MLFLOWS_OWN):
             return mlflows(artifact_path)
         repo = handlers._get_artifact_repo_mlflow_artifacts()
         if not isinstance(repo, ProxiedS3ArtifactRepository):
