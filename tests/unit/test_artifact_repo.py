@@ -115,3 +115,44 @@ def test_the_scheme_is_registered_when_the_server_app_is_imported_first():
                          env={**__import__("os").environ,
                               "MLFLOW_S3_ENDPOINT_URL": "http://minio:9000"})
     assert out.stdout.strip() == "ProxiedS3ArtifactRepository", out.stderr[-2000:]
+
+
+class _Uploads:
+    def __init__(self, fail_with: Exception | None = None):
+        self.calls, self.fail_with = [], fail_with
+
+    def upload_fileobj(self, stream, bucket, key, ExtraArgs, Config):  # noqa: N803
+        if self.fail_with:
+            raise self.fail_with
+        self.calls.append((stream.read(), bucket, key, ExtraArgs, Config))
+
+
+def test_an_upload_goes_to_s3_as_it_arrives_in_bounded_parts(monkeypatch):
+    import io
+
+    repo = ProxiedS3ArtifactRepository("s3-proxied://bucket")
+    uploads = _Uploads()
+    monkeypatch.setattr(repo._s3, "_get_s3_client", lambda: uploads)
+    repo.log_artifact_from_stream(io.BytesIO(b"weights"), "model.json",
+                                  artifact_path="1/run/artifacts/model")
+    [(data, bucket, key, extra, config)] = uploads.calls
+    assert (data, bucket, key) == (b"weights", "bucket", "1/run/artifacts/model/model.json")
+    assert extra["ContentType"] == "application/json"
+    # What MLflow may hold of an upload at once: parts in flight, not the whole body.
+    assert config.multipart_chunksize * config.max_concurrency <= 32 << 20
+
+
+def test_a_streamed_upload_to_a_full_store_says_so():
+    import io
+
+    from boto3.exceptions import S3UploadFailedError
+
+    from mlstack_platform.artifact_repo import ArtifactStoreFull
+
+    repo = ProxiedS3ArtifactRepository("s3-proxied://bucket")
+    uploads = _Uploads(S3UploadFailedError(
+        "Failed to upload: An error occurred (XMinioStorageFull) when calling the UploadPart "
+        "operation: Storage backend has reached its minimum free drive threshold."))
+    repo._s3._get_s3_client = lambda: uploads
+    with pytest.raises(ArtifactStoreFull, match="the artifact store is full"):
+        repo.log_artifact_from_stream(io.BytesIO(b"x"), "x.bin", artifact_path="1/run/artifacts")

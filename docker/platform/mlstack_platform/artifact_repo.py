@@ -12,11 +12,14 @@ used as `--artifacts-destination s3-proxied://BUCKET`.
 
 from __future__ import annotations
 
+import mimetypes
+import os
 import posixpath
+import tempfile
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import ABORTED, RESOURCE_DOES_NOT_EXIST
-from mlflow.store.artifact.artifact_repo import ArtifactRepository
+from mlflow.store.artifact.artifact_repo import ArtifactRepository, StreamUploadMixin
 from mlflow.store.artifact.s3_artifact_repo import S3ArtifactRepository
 
 SCHEME = "s3-proxied"
@@ -43,7 +46,13 @@ def _refuse_if_full(exc: Exception, path: str) -> None:
         raise ArtifactStoreFull(path) from exc
 
 
-class ProxiedS3ArtifactRepository(ArtifactRepository):
+# An upload through the proxy goes to S3 as it arrives, in parts of 8 MB, two in flight: MLflow
+# holds ~16-24 MB of it at a time, whatever its size (rather than a temporary file of it all).
+_STREAMING_UPLOAD = {"multipart_threshold": 8 << 20, "multipart_chunksize": 8 << 20,
+                     "max_concurrency": 2}
+
+
+class ProxiedS3ArtifactRepository(ArtifactRepository, StreamUploadMixin):
     def __init__(self, artifact_uri: str, tracking_uri: str | None = None,
                  registry_uri: str | None = None) -> None:
         super().__init__(artifact_uri, tracking_uri, registry_uri)
@@ -66,6 +75,41 @@ class ProxiedS3ArtifactRepository(ArtifactRepository):
         except Exception as exc:
             _refuse_if_full(exc, artifact_path or local_dir)
             raise
+
+    def log_artifact_from_stream(self, stream, artifact_file_name, artifact_path=None):
+        """MLflow's upload handler (`PUT /api/2.0/mlflow-artifacts/artifacts/...`) hands the
+        request body here instead of writing it to a temporary file first (which put a 1 GiB
+        upload in the MLflow container's page cache: +1.1 GB in `docker stats`)."""
+        from boto3.s3.transfer import TransferConfig
+
+        bucket, key = self._s3.parse_s3_compliant_uri(self._s3.artifact_uri)
+        if artifact_path:
+            key = posixpath.join(key, artifact_path)
+        key = posixpath.join(key, posixpath.basename(artifact_file_name))
+        extra_args = dict(self._s3._bucket_owner_params)
+        guessed_type, guessed_encoding = mimetypes.guess_type(artifact_file_name)
+        if guessed_type:
+            extra_args["ContentType"] = guessed_type
+        if guessed_encoding:
+            extra_args["ContentEncoding"] = guessed_encoding
+        extra_args.update(self._s3.get_s3_file_upload_extra_args() or {})
+        try:
+            self._s3._get_s3_client().upload_fileobj(
+                stream, bucket, key, ExtraArgs=extra_args,
+                Config=TransferConfig(**_STREAMING_UPLOAD))
+        except Exception as exc:
+            _refuse_if_full(exc, posixpath.join(artifact_path or "", artifact_file_name))
+            raise
+
+    async def log_artifact_from_async_stream(self, chunks, artifact_file_name,
+                                             artifact_path=None):
+        # MLflow's FastAPI route (uvicorn only; the platform serves Flask under gunicorn).
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, posixpath.basename(artifact_file_name))
+            with open(path, "wb") as f:
+                async for chunk in chunks:
+                    f.write(chunk)
+            self.log_artifact(path, artifact_path)
 
     def list_artifacts(self, path=None):
         return self._s3.list_artifacts(path)
