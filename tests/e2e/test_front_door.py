@@ -233,12 +233,13 @@ def test_accepted_credentials_are_remembered_in_nginxs_memory_alone(stack: Stack
     (the cache key holds the Authorization header itself): in a tmpfs only nginx's workers may
     read, never on disk."""
     assert stack.session(*dora).get(f"{stack.base_url}/api/2.0/mlflow/users/current").ok
-    cache = "/var/cache/nginx/mlstack-auth"
+    tmpfs = "/var/cache/nginx/mlstack-auth"
+    cache = f"{tmpfs}/entries"
     out = stack.compose("exec", "-T", "nginx", "sh", "-c",
-                        f"grep ' {cache} ' /proc/mounts; stat -c '%a %U' {cache}; "
+                        f"grep ' {tmpfs} ' /proc/mounts; stat -c '%a %U' {cache}; "
                         # the user of each nginx worker process (the images have no ps)
                         "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null | "
-                        "grep -q 'worker process' && stat -c %U $p; done | sort -u; "
+                        "grep -q '^nginx: worker process' && stat -c %U $p; done | sort -u; "
                         f"find {cache} -type f | wc -l").stdout.splitlines()
     mount, (mode, owner), files = out[0].split(), out[1].split(), int(out[-1])
     # Each entry is for one client address and credential (nginx writes its key in the entry).
