@@ -365,3 +365,25 @@ def test_the_ca_may_certify_the_platforms_names_alone(stack: Stack):
     permitted = {str(getattr(n.value, "compressed", n.value))
                  for n in constraints.value.permitted_subtrees}
     assert permitted == {"localhost", "127.0.0.1/32", "mlstack.internal"}, permitted
+
+
+@pytest.mark.parametrize("field", ["model_id", "modelId"])
+def test_a_batch_from_ones_own_run_cannot_write_to_someone_elses_logged_model(
+        stack: Stack, kai, lena, kais_run, lenas_run, field):
+    """Log-batch's permission check reads the metrics' logged-model ids from the JSON body
+    (permission_cache.py); either spelling naming lena's model is refused to kai, through nginx."""
+    api = f"{stack.base_url}/api/2.0/mlflow"
+    as_kai, as_lena = stack.session(*kai), stack.session(*lena)
+    created = as_lena.post(f"{api}/logged-models",
+                           json={"experiment_id": lenas_run["experiment"]})
+    assert created.ok, created.text
+    lenas_model = created.json()["model"]["info"]["model_id"]
+
+    def batch(session, run, model_id):
+        return session.post(f"{api}/runs/log-batch", json={"run_id": run, "metrics": [
+            {"key": "acc", "value": 0.9, "timestamp": 1, "step": 0, field: model_id}]})
+
+    assert batch(as_kai, kais_run["run"], lenas_model).status_code == 403
+    assert batch(as_lena, lenas_run["run"], lenas_model).status_code == 200
+    model = as_lena.get(f"{api}/logged-models/{lenas_model}").json()["model"]
+    assert all(m.get("run_id") != kais_run["run"] for m in model.get("data", {}).get("metrics", []))
