@@ -38,6 +38,8 @@ class Stack:
     settings: dict[str, str] = field(default_factory=dict)
     # The directory holding the compose file: another checkout for the upgrade test.
     root: Path = ROOT
+    # The name clients use for the front door (the benchmark uses the machine's own address).
+    host: str = "localhost"
 
     @property
     def env(self) -> dict[str, str]:
@@ -60,7 +62,7 @@ class Stack:
 
     @property
     def base_url(self) -> str:
-        return f"https://localhost:{self.https_port}"
+        return f"https://{self.host}:{self.https_port}"
 
     @property
     def ca_file(self) -> Path:
