@@ -178,8 +178,24 @@ def test_the_digits_example_is_trained_and_fully_tracked(run_job):
     assert logged.signature is not None and logged.saved_input_example_info is not None
     assert model.predict(np.zeros((3, 8, 8, 1), "float32"), verbose=0).shape == (3, 10)
 
-    # TensorBoard's event files, where the worker told the job to write them.
+    # TensorBoard's event files, where the worker told the job to write them: a curve per
+    # epoch for training and validation, and the model's summary; nothing per batch.
     assert list(done.tensorboard.rglob("events.out.tfevents.*")), list(done.tensorboard.rglob("*"))
+    train, validation = (event_tags(done.tensorboard / part) for part in ("train", "validation"))
+    assert train["epoch_loss"] == [0, 1] and train["epoch_accuracy"] == [0, 1]
+    assert validation["epoch_loss"] == [0, 1]
+    assert "keras" in train, train  # the model summary (Keras 3 writes no graph)
+    assert not [tag for tag in [*train, *validation] if tag.startswith("batch_")], train
+
+
+def event_tags(folder: Path) -> dict[str, list[int]]:
+    """Each summary tag in a TensorBoard run folder, with its steps."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"tensors": 0, "scalars": 0}).Reload()
+    tags = {tag: [e.step for e in events.Tensors(tag)] for tag in events.Tags()["tensors"]}
+    tags.update({tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]})
+    return tags
 
 
 def test_mixed_precision_trains_with_the_float16_policy(run_job):

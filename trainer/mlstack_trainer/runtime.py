@@ -106,25 +106,38 @@ def describe_devices() -> str:
 
 def tracking_callbacks(tb_dir: str, log_every_n_batches: int | None = None) -> list:
     """MLflow's own Keras callback (per-epoch metrics with the epoch as step; every N batches
-    too when asked) and Keras' own TensorBoard callback, declared `async_safe`.
+    too when asked) and Keras' own TensorBoard callback, writing per epoch.
 
-    Why the flag: Keras 3 runs callbacks' batch-end hooks on a thread pool, off the training
-    loop, unless a callback overrides them without declaring itself async-safe; both of these
-    override them, so Keras would wait for every batch's results. Measured on digits x20 with
-    tests/benchmarks/tracking_overhead.py (README): +11.5 % per epoch without the flag,
-    +6.5 % with it. Their batch hooks are safe off-thread: with update_freq="epoch" TensorBoard's
-    writes no batch summaries, and MlflowCallback's does nothing without log_every_n_steps.
-    With it, MlflowCallback's hook reads the optimizer's step counter, which must not run
-    ahead of it, so it stays on the training loop (and costs what it costs)."""
-    import keras
+    On the TensorFlow backend Keras (3.15) runs every callback's batch-end hook on the training
+    loop, after each batch (its thread pool for `async_safe` callbacks is for backends it deems
+    thread-safe, not TensorFlow): what these hooks do per batch is paid per batch. Hence
+    EpochTensorBoard. MlflowCallback's hook returns at once without log_every_n_steps; with it,
+    it reads the optimizer's step counter (and costs what it costs). Both are still declared
+    `async_safe` (the other backends then run their batch hooks off the loop: they are safe
+    there, as neither writes batch summaries unless asked)."""
     import mlflow.keras
 
     mlflow_callback = mlflow.keras.MlflowCallback(log_every_epoch=True,
                                                   log_every_n_steps=log_every_n_batches)
-    tensorboard = keras.callbacks.TensorBoard(log_dir=tb_dir, update_freq="epoch")
+    tensorboard = epoch_tensorboard_class()(log_dir=tb_dir, update_freq="epoch")
     tensorboard.async_safe = True
     mlflow_callback.async_safe = log_every_n_batches is None
     return [mlflow_callback, tensorboard]
+
+
+def epoch_tensorboard_class():
+    """Keras' TensorBoard callback less its per-batch scalars: Keras 3.15 writes `batch_*`
+    scalars on every batch even with update_freq="epoch" (into no writer then, so nothing is
+    written), and those calls took ~8 % of the training loop in a py-spy profile of digits
+    x20 (tests/benchmarks/tracking_overhead.py). What it does once per fit (the model's
+    summary) and per epoch is unchanged."""
+    import keras
+
+    class EpochTensorBoard(keras.callbacks.TensorBoard):
+        def on_train_batch_end(self, batch, logs=None):
+            super().on_train_batch_end(batch, logs=None)  # no logs: no per-batch scalars
+
+    return EpochTensorBoard
 
 
 def train_example(spec: JobSpec, tb_dir: str) -> None:
