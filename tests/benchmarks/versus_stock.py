@@ -48,7 +48,7 @@ from pathlib import Path
 
 import requests
 
-from tests.e2e.stack import Stack, free_port
+from tests.e2e.stack import Stack, docker, free_port
 
 API = "/api/2.0/mlflow"
 
@@ -142,10 +142,6 @@ def own_address() -> str:
             return s.getsockname()[0]
         except OSError:
             return "127.0.0.1"
-
-
-def docker(*args: str) -> str:
-    return subprocess.run(["docker", *args], check=True, capture_output=True, text=True).stdout
 
 
 def wait_until(what: str, check, timeout_s: float = 120) -> None:

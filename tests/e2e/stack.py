@@ -22,6 +22,11 @@ CLIENT_ENV_DROP = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL
                    "AWS_CA_BUNDLE", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
 
 
+def docker(*args: str) -> str:
+    """The docker CLI's output; raises if it fails."""
+    return subprocess.run(["docker", *args], check=True, capture_output=True, text=True).stdout
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

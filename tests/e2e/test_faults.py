@@ -1,7 +1,8 @@
 """Faults the platform must survive without losing acknowledged data, on the shared e2e stack:
-`docker compose restart` of each service, and PostgreSQL killed with SIGKILL, each while a
-client (tests/e2e/logging_client.py, configured as the README says) logs metrics and uploads
-artifacts. Every write the server acknowledged must be stored afterwards."""
+`docker compose restart` of each service, MLflow recreated at another address, and PostgreSQL
+killed with SIGKILL, each while a client (tests/e2e/logging_client.py, configured as the
+README says) logs metrics and uploads artifacts. Every write the server acknowledged must be
+stored afterwards."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .stack import Stack
+from .stack import Stack, docker
 
 CLIENT = Path(__file__).with_name("logging_client.py")
 # The README's advice for long-running clients: MLflow's own retry settings.
@@ -87,6 +88,38 @@ def test_restarting_a_service_loses_no_acknowledged_write(stack: Stack, grace, t
                                                           service):
     break_while_logging(stack, grace, tmp_path,
                         lambda: stack.compose("restart", service, timeout=300))
+
+
+def test_mlflow_recreated_at_a_new_address_is_found_again(stack: Stack, grace, tmp_path):
+    """nginx keeps its connections to MLflow open and resolves MLflow's name again as it goes
+    (upstream keepalive with `resolve`): a new MLflow container at another address is used
+    without restarting nginx, and no acknowledged write is lost on the way."""
+    container = f"{stack.project}-mlflow-1"
+    holders: list[str] = []
+
+    def recreate_at_another_address() -> None:
+        before = addresses(container)
+        image = docker("inspect", "-f", "{{.Config.Image}}", container).strip()
+        stack.compose("rm", "--stop", "--force", "mlflow")
+        # Containers that hold the old addresses, so that the new MLflow gets others.
+        for network in before:
+            holders.append(f"{stack.project}-address-holder-{len(holders)}")
+            docker("run", "-d", "--rm", "--name", holders[-1], "--network", network,
+                   "--entrypoint", "sleep", image, "900")
+        stack.compose("up", "-d", "--no-deps", "mlflow")
+        after = addresses(container)
+        assert not set(after.values()) & set(before.values()), (before, after)
+
+    try:
+        break_while_logging(stack, grace, tmp_path, recreate_at_another_address)
+    finally:
+        if holders:
+            subprocess.run(["docker", "rm", "-f", *holders], capture_output=True)
+
+
+def addresses(container: str) -> dict[str, str]:
+    networks = json.loads(docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", container))
+    return {name: network["IPAddress"] for name, network in networks.items()}
 
 
 def test_postgres_killed_hard_recovers_and_keeps_every_acknowledged_write(stack: Stack, grace,
