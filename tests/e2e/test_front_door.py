@@ -4,6 +4,7 @@ files their creator may not read. Each attack is performed through nginx and see
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import socket
@@ -226,6 +227,38 @@ def test_a_forged_client_address_does_not_escape_the_login_limit(stack: Stack):
         for i in range(12)]
     assert codes[-1] == 429, codes
     stack.script("users", "unblock", "jules")
+
+
+def test_a_request_smuggled_inside_another_never_reaches_mlflow(stack: Stack, dora, emil):
+    """nginx keeps its connections to MLflow open and shared between users: a request hidden in
+    another's body (framed both by Content-Length and as chunked, each telling a different
+    length) must never reach MLflow as a request of its own, where its answer could go to the
+    next user on that connection. nginx frames what it sends upstream itself."""
+    smuggled = "GET /api/2.0/mlflow/users/current HTTP/1.1\r\nHost: localhost\r\nX-Pad: "
+    body = "0\r\n\r\n" + smuggled
+    credential = base64.b64encode(f"{dora[0]}:{dora[1]}".encode()).decode()
+    request = (f"POST /api/2.0/mlflow/experiments/search HTTP/1.1\r\n"
+               f"Host: localhost:{stack.https_port}\r\nAuthorization: Basic {credential}\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+               f"Transfer-Encoding: chunked\r\n\r\n{body}")
+    context = ssl.create_default_context(cafile=str(stack.ca_file))
+    answer = b""
+    with socket.create_connection(("127.0.0.1", stack.https_port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(request.encode())
+        tls.settimeout(5)
+        try:
+            while chunk := tls.recv(65536):
+                answer += chunk
+        except TimeoutError:
+            pass  # the connection stayed open: everything due has been answered
+    assert answer.count(b"HTTP/1.1 ") == 1, answer[:2000]
+    assert b'"user"' not in answer, answer[:2000]
+    # Everyone else still gets their own answers, whichever kept-alive connection serves them.
+    session = stack.session(*emil)
+    for _ in range(8):
+        me = session.get(f"{stack.base_url}/api/2.0/mlflow/users/current")
+        assert me.status_code == 200 and me.json()["user"]["username"] == "emil", me.text
 
 
 def test_accepted_credentials_are_remembered_in_nginxs_memory_alone(stack: Stack, dora):
