@@ -110,34 +110,30 @@ def tracking_callbacks(tb_dir: str, log_every_n_batches: int | None = None) -> l
 
     On the TensorFlow backend Keras (3.15) runs every callback's batch-end hook on the training
     loop, after each batch (its thread pool for `async_safe` callbacks is for backends it deems
-    thread-safe, not TensorFlow): what these hooks do per batch is paid per batch. Hence
-    EpochTensorBoard. MlflowCallback's hook returns at once without log_every_n_steps; with it,
-    it reads the optimizer's step counter (and costs what it costs). Both are still declared
-    `async_safe` (the other backends then run their batch hooks off the loop: they are safe
-    there, as neither writes batch summaries unless asked)."""
+    thread-safe, not TensorFlow): what these hooks do per batch is paid per batch.
+    MlflowCallback's hook returns at once without log_every_n_steps; with it, it reads the
+    optimizer's step counter (and costs what it costs). Both are still declared `async_safe`
+    (the other backends then run their batch hooks off the loop: they are safe there, as
+    neither writes batch summaries unless asked)."""
+    import keras
     import mlflow.keras
 
-    mlflow_callback = mlflow.keras.MlflowCallback(log_every_epoch=True,
-                                                  log_every_n_steps=log_every_n_batches)
-    tensorboard = epoch_tensorboard_class()(log_dir=tb_dir, update_freq="epoch")
-    tensorboard.async_safe = True
-    mlflow_callback.async_safe = log_every_n_batches is None
-    return [mlflow_callback, tensorboard]
-
-
-def epoch_tensorboard_class():
-    """Keras' TensorBoard callback less its per-batch scalars: Keras 3.15 writes `batch_*`
-    scalars on every batch even with update_freq="epoch" (into no writer then, so nothing is
-    written), and those calls took ~8 % of the training loop in a py-spy profile of digits
-    x20 (tests/benchmarks/tracking_overhead.py). What it does once per fit (the model's
-    summary) and per epoch is unchanged."""
-    import keras
-
     class EpochTensorBoard(keras.callbacks.TensorBoard):
+        """Keras' TensorBoard callback less its per-batch scalars: Keras 3.15 writes `batch_*`
+        scalars on every batch even with update_freq="epoch" (into no writer then, so nothing
+        is written), and those calls took ~8 % of the training loop in a py-spy profile of
+        digits x20 (tests/benchmarks/tracking_overhead.py). What it does once per fit (the
+        model's summary) and per epoch is unchanged."""
+
         def on_train_batch_end(self, batch, logs=None):
             super().on_train_batch_end(batch, logs=None)  # no logs: no per-batch scalars
 
-    return EpochTensorBoard
+    mlflow_callback = mlflow.keras.MlflowCallback(log_every_epoch=True,
+                                                  log_every_n_steps=log_every_n_batches)
+    tensorboard = EpochTensorBoard(log_dir=tb_dir, update_freq="epoch")
+    tensorboard.async_safe = True
+    mlflow_callback.async_safe = log_every_n_batches is None
+    return [mlflow_callback, tensorboard]
 
 
 def train_example(spec: JobSpec, tb_dir: str) -> None:
