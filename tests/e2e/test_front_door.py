@@ -236,12 +236,37 @@ def test_a_request_smuggled_inside_another_never_reaches_mlflow(stack: Stack, do
     next user on that connection. nginx frames what it sends upstream itself."""
     smuggled = "GET /api/2.0/mlflow/users/current HTTP/1.1\r\nHost: localhost\r\nX-Pad: "
     body = "0\r\n\r\n" + smuggled
-    credential = base64.b64encode(f"{dora[0]}:{dora[1]}".encode()).decode()
-    request = (f"POST /api/2.0/mlflow/experiments/search HTTP/1.1\r\n"
-               f"Host: localhost:{stack.https_port}\r\nAuthorization: Basic {credential}\r\n"
-               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-               f"Transfer-Encoding: chunked\r\n\r\n{body}")
+    answer = raw_https(stack, "POST /api/2.0/mlflow/experiments/search HTTP/1.1\r\n"
+                       + request_headers(stack, dora) + "Content-Type: application/json\r\n"
+                       f"Content-Length: {len(body)}\r\nTransfer-Encoding: chunked\r\n\r\n{body}")
+    assert answer.count(b"HTTP/1.1 ") == 1, answer[:2000]
+    assert b'"user"' not in answer, answer[:2000]
+    assert_everyone_gets_their_own_answers(stack, emil)
+
+
+def test_a_shared_connection_to_mlflow_cannot_be_upgraded_to_another_protocol(
+        stack: Stack, dora, emil):
+    """An h2c upgrade asked through the front door would, were it passed on, turn a kept-alive
+    connection to MLflow into one the asker drives past nginx's checks. nginx does not pass
+    Upgrade on: the request is answered as plain HTTP/1.1."""
+    answer = raw_https(stack, "GET /api/2.0/mlflow/users/current HTTP/1.1\r\n"
+                       + request_headers(stack, dora) + "Connection: Upgrade, HTTP2-Settings\r\n"
+                       "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:2000]
+    assert b" 101 " not in answer and b"\r\nupgrade:" not in answer.lower(), answer[:2000]
+    assert_everyone_gets_their_own_answers(stack, emil)
+
+
+def request_headers(stack: Stack, user: tuple[str, str]) -> str:
+    credential = base64.b64encode(f"{user[0]}:{user[1]}".encode()).decode()
+    return f"Host: localhost:{stack.https_port}\r\nAuthorization: Basic {credential}\r\n"
+
+
+def raw_https(stack: Stack, request: str) -> bytes:
+    """Everything the front door answers to one hand-made HTTP/1.1 request on a connection
+    of its own, read until nginx closes it or goes quiet."""
     context = ssl.create_default_context(cafile=str(stack.ca_file))
+    context.set_alpn_protocols(["http/1.1"])
     answer = b""
     with socket.create_connection(("127.0.0.1", stack.https_port), timeout=10) as raw, \
             context.wrap_socket(raw, server_hostname="localhost") as tls:
@@ -252,13 +277,15 @@ def test_a_request_smuggled_inside_another_never_reaches_mlflow(stack: Stack, do
                 answer += chunk
         except TimeoutError:
             pass  # the connection stayed open: everything due has been answered
-    assert answer.count(b"HTTP/1.1 ") == 1, answer[:2000]
-    assert b'"user"' not in answer, answer[:2000]
-    # Everyone else still gets their own answers, whichever kept-alive connection serves them.
-    session = stack.session(*emil)
+    return answer
+
+
+def assert_everyone_gets_their_own_answers(stack: Stack, user: tuple[str, str]) -> None:
+    """Whichever kept-alive connection to MLflow serves them."""
+    session = stack.session(*user)
     for _ in range(8):
         me = session.get(f"{stack.base_url}/api/2.0/mlflow/users/current")
-        assert me.status_code == 200 and me.json()["user"]["username"] == "emil", me.text
+        assert me.status_code == 200 and me.json()["user"]["username"] == user[0], me.text
 
 
 def test_accepted_credentials_are_remembered_in_nginxs_memory_alone(stack: Stack, dora):
