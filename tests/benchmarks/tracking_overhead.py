@@ -15,8 +15,8 @@ its start (the first epoch carries that; see EpochClock). EPOCHS must be 2 or mo
 
 The tracked fits run as a job now does: as a plain MLflow user with EDIT on the experiment
 (not an admin) against the platform's own MLflow app (basic auth, its credential and
-permission caches) under gunicorn, with MLflow's system metrics on and sampled as often as a
-job samples them (trainer/mlstack_trainer/sandbox.py). The server is local and on SQLite:
+permission caches) under gunicorn, sampling system metrics into the run as a job does
+(runtime.system_metrics, every SYSTEM_METRICS_INTERVAL_S). The server is local and on SQLite:
 what the front door itself adds is tests/benchmarks/versus_stock.py's part.
 
     .venv/bin/python -m tests.benchmarks.tracking_overhead [EPOCHS] [REPEATS]
@@ -24,6 +24,7 @@ what the front door itself adds is tests/benchmarks/versus_stock.py's part.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import platform
@@ -40,7 +41,7 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mlstack_trainer.examples import DEFAULTS, EXAMPLES, Dataset  # noqa: E402
-from mlstack_trainer.runtime import tracking_callbacks  # noqa: E402
+from mlstack_trainer.runtime import system_metrics, tracking_callbacks  # noqa: E402
 from tests.mlflow_server import mlflow_server  # noqa: E402
 
 
@@ -68,20 +69,20 @@ def per_epoch(data: Dataset, epochs: int, tracked: bool, tb_dir: Path) -> tuple[
     model.fit(data.x[:64], data.y[:64], epochs=1, verbose=0)  # warm up: graph tracing
     clock = EpochClock()
     callbacks = [clock]
-    if tracked:
-        callbacks += tracking_callbacks(str(tb_dir))  # exactly what a job uses
-        mlflow.start_run()
-    started = time.perf_counter()
-    model.fit(data.x, data.y, epochs=epochs, batch_size=32, validation_split=0.2,
-              callbacks=callbacks, verbose=0)
-    ended = time.perf_counter()
-    if tracked:
-        mlflow.end_run()
+    with contextlib.ExitStack() as job:
+        if tracked:  # exactly what a job uses
+            callbacks += tracking_callbacks(str(tb_dir))
+            run = job.enter_context(mlflow.start_run(log_system_metrics=False))
+            job.enter_context(system_metrics(run.info.run_id))
+        started = time.perf_counter()
+        model.fit(data.x, data.y, epochs=epochs, batch_size=32, validation_split=0.2,
+                  callbacks=callbacks, verbose=0)
+        ended = time.perf_counter()
     return (ended - started) / epochs, (ended - clock.began[1]) / (epochs - 1)
 
 
 def as_job(uri: str, admin: tuple[str, str]) -> None:
-    """A job's identity: a plain user with EDIT on its experiment; system metrics on."""
+    """A job's identity: a plain user with EDIT on its experiment."""
     from mlflow.server.auth.client import AuthServiceClient
 
     os.environ.update(MLFLOW_TRACKING_USERNAME=admin[0], MLFLOW_TRACKING_PASSWORD=admin[1])
@@ -90,9 +91,7 @@ def as_job(uri: str, admin: tuple[str, str]) -> None:
     auth.create_user("job-identity", "job-identity-password")
     auth.grant_user_permission("job-identity", "experiment", experiment_id, "EDIT")
     os.environ.update(MLFLOW_TRACKING_USERNAME="job-identity",
-                      MLFLOW_TRACKING_PASSWORD="job-identity-password",
-                      MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING="true",
-                      MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="2")
+                      MLFLOW_TRACKING_PASSWORD="job-identity-password")
 
 
 def main(epochs: int, repeats: int) -> None:

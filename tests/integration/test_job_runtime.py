@@ -253,6 +253,10 @@ def test_a_script_gets_its_params_as_options_and_continues_the_jobs_run(run_job)
     assert done.metric_history("scaled") == [(0, 0.0), (1, 2.5), (2, 5.0)]
     assert run.data.tags["label"] == "first try" and run.data.params["scale"] == "2.5"
     assert len(MlflowClient().search_runs([run.info.experiment_id])) == 1
+    # A job far shorter than a sampling interval still has its system metrics (the last
+    # sample), from one sampler: the script's start_run() does not start a second one.
+    samples = done.metric_history("system/cpu_utilization_percentage")
+    assert samples and len(samples) == len({step for step, _ in samples}), samples
 
 
 def test_an_mlflow_project_at_the_code_root_runs_into_the_jobs_run(run_job):

@@ -7,13 +7,16 @@ the job's own MLflow identity, reaching the platform through its front door), it
 `requirements.txt` at its root is installed into a virtualenv of the job's own, layered on the
 trainer's packages (the job still imports TensorFlow and MLflow from the image). Training uses
 MLflow's own Keras integration (mlflow.keras.MlflowCallback) and Keras' own TensorBoard
-callback. On an exception the run is marked FAILED with the traceback as an artifact.
+callback, and MLflow's system-metrics sampler (JobSystemMetrics). On an exception the run is
+marked FAILED with the traceback as an artifact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -26,8 +29,16 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
 from .spec import JobSpec, validate
+
+# MLflow's default. Each sample costs a get_run and a log_batch, answered on the cores that
+# training uses: every 2 s that cost digits x20 +15 % per epoch on a 2-core machine, every 10 s
+# nothing measurable (tests/benchmarks/tracking_overhead.py).
+SYSTEM_METRICS_INTERVAL_S = 10
+
+_logger = logging.getLogger(__name__)
 
 
 def _save_keras_model(path: str, **kwargs: Any):
@@ -316,11 +327,43 @@ def run(spec: JobSpec, tb_dir: str) -> None:
         run_project(spec, mlflow.active_run().info.run_id)
 
 
+class JobSystemMetrics(SystemMetricsMonitor):
+    """MLflow's system-metrics sampler, plus a last sample as the job ends. MLflow publishes only
+    full intervals and drops the last, partial one: a job shorter than an interval had none."""
+
+    def finish(self):
+        if self._process is None:
+            return
+        self._shutdown_event.set()
+        self._process.join()
+        try:
+            self.collect_metrics()
+            self.publish_metrics(self.aggregate_metrics())
+        except Exception as error:  # noqa: BLE001 - metrics never fail the job
+            _logger.warning("could not log the last system metrics sample: %s", error)
+        super().finish()  # sends what is batched
+
+
+@contextlib.contextmanager
+def system_metrics(run_id: str):
+    """Samples the machine into the run while the block runs. The job's own sampler, not the one
+    mlflow.start_run() starts: the job's environment turns that one off (sandbox.py), so a
+    script or MLflow Project continuing the run does not start a second one."""
+    monitor = JobSystemMetrics(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S,
+                               resume_logging=True)  # after a restart in the job's virtualenv
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+
+
 def main() -> int:
     spec = validate(json.loads(os.environ["MLSTACK_JOB_SPEC"]))
     tb_dir = os.environ["MLSTACK_TB_LOGDIR"]
     os.makedirs(tb_dir, exist_ok=True)  # user code may write there directly
-    with mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"]) as active:
+    with (mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"]) as active,
+          system_metrics(active.info.run_id)):
         try:
             if not os.environ.get("MLSTACK_IN_JOB_VENV"):
                 unpack_code()

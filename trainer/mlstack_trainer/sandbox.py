@@ -165,10 +165,9 @@ def environment(claim: dict[str, Any], folders: JobFolders, platform_url: str,
         "MLFLOW_TRACKING_USERNAME": claim["identity"]["username"],
         "MLFLOW_TRACKING_PASSWORD": claim["identity"]["password"],
         "MLFLOW_RUN_ID": claim["run_id"], "MLFLOW_EXPERIMENT_ID": claim["experiment_id"],
-        "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "true",
-        # MLflow publishes system metrics only after a full sampling interval (10 s by
-        # default) and drops what it sampled when the run ends sooner: a short job had none.
-        "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "2",
+        # The runtime samples system metrics itself (runtime.system_metrics): mlflow.start_run()
+        # in a script or MLflow Project continuing the run must not start a second sampler.
+        "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false",
         # MLflow prints "View run at <tracking URI>": an address users cannot open.
         "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
         "GIT_PYTHON_REFRESH": "quiet",  # no git in the image; MLflow probes for it
