@@ -115,6 +115,13 @@ class Stack:
             rows = rows[0]
         return {row["Service"]: row for row in rows}
 
+    def user(self, name: str) -> tuple[str, str]:
+        """A plain MLflow user (scripts/users create), or the one an earlier module made."""
+        password = f"{name}-has-a-long-password"
+        self.script("users", "create", name, "--password-stdin", input=password + "\n",
+                    check=False)
+        return name, password
+
     def admin(self) -> tuple[str, str]:
         values = dict(line.split("=", 1) for line in self.script("credentials").stdout.split())
         return values["MLFLOW_TRACKING_USERNAME"], values["MLFLOW_TRACKING_PASSWORD"]

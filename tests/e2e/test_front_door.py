@@ -18,17 +18,16 @@ import uuid
 import pytest
 
 from .stack import Stack
-from .test_tensorboard import make_user
 
 
 @pytest.fixture(scope="module")
 def dora(stack: Stack):
-    return make_user(stack, "dora")
+    return stack.user("dora")
 
 
 @pytest.fixture(scope="module")
 def emil(stack: Stack):
-    return make_user(stack, "emil")
+    return stack.user("emil")
 
 
 def handshake(stack: Stack, version: ssl.TLSVersion, ciphers: str | None = None) -> str:
@@ -113,7 +112,7 @@ def paths_answer(stack: Stack, user) -> dict[str, int]:
 
 def test_a_changed_password_and_a_deleted_user_are_refused_everywhere_within_15_s(
         stack: Stack):
-    user = make_user(stack, "felix")
+    user = stack.user("felix")
     assert set(paths_answer(stack, user).values()) == {200}  # every cache now holds it
     new = ("felix", "felix-has-a-new-long-password")
     stack.script("users", "set-password", "felix", "--password-stdin", input=new[1] + "\n")
@@ -181,7 +180,7 @@ print(json.dumps({"run": run.info.run_id, "experiment": run.info.experiment_id})
 
 
 def test_password_guessing_is_stopped_and_nobody_else_is_held_up(stack: Stack):
-    gina, hank = make_user(stack, "gina"), make_user(stack, "hank")
+    gina, hank = stack.user("gina"), stack.user("hank")
     url = f"{stack.base_url}/api/2.0/mlflow/users/current"
     guesses = [stack.session("gina", f"guess-{i}").get(url) for i in range(40)]
     codes = [r.status_code for r in guesses]
@@ -200,7 +199,7 @@ def test_password_guessing_is_stopped_and_nobody_else_is_held_up(stack: Stack):
 
 
 def test_unknown_and_known_user_names_are_refused_alike(stack: Stack):
-    make_user(stack, "iris")
+    stack.user("iris")
     url = f"{stack.base_url}/api/2.0/mlflow/users/current"
 
     def median_ms(username: str) -> float:
@@ -220,7 +219,7 @@ def test_unknown_and_known_user_names_are_refused_alike(stack: Stack):
 def test_a_forged_client_address_does_not_escape_the_login_limit(stack: Stack):
     """nginx sets the address MLflow counts by (X-Real-IP) itself: a guesser who sends a new
     one with every try is still one address."""
-    make_user(stack, "jules")
+    stack.user("jules")
     url = f"{stack.base_url}/api/2.0/mlflow/users/current"
     codes = [stack.session("jules", f"guess-{i}").get(url, headers={
         "X-Real-IP": f"10.1.2.{i}", "X-Forwarded-For": f"10.1.2.{i}"}).status_code

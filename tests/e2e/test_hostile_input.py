@@ -16,17 +16,16 @@ import pytest
 from cryptography import x509
 
 from .stack import Stack
-from .test_tensorboard import make_user
 
 
 @pytest.fixture(scope="module")
 def kai(stack: Stack):
-    return make_user(stack, "kai")
+    return stack.user("kai")
 
 
 @pytest.fixture(scope="module")
 def lena(stack: Stack):
-    return make_user(stack, "lena")
+    return stack.user("lena")
 
 
 LOG_A_RUN = """
@@ -230,7 +229,7 @@ def test_published_mlflow_attack_shapes_are_refused(stack: Stack, kai, kais_run,
     assert r.status_code in (400, 403, 404) or r.json() == {"endpoints": []}, r.text
     assert not refused, json.dumps(refused, indent=1)
     # lena's file is intact.
-    lena = stack.session(*make_user(stack, "lena"))
+    lena = stack.session(*stack.user("lena"))
     r = lena.get(f"{base}/api/2.0/mlflow-artifacts/artifacts/{their_file}")
     assert r.status_code == 200 and r.text == "lena's private file"
 
@@ -304,7 +303,7 @@ def test_a_forged_client_address_from_inside_the_network_counts_as_its_sender(st
     """A service on MLflow's network other than nginx (here TensorBoard's container, as a
     compromised one would) cannot spread guesses over made-up addresses: X-Real-IP is believed
     from nginx alone."""
-    make_user(stack, "mona")
+    stack.user("mona")
     probe = """
 import base64, urllib.request, urllib.error
 codes = []

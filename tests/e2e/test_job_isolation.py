@@ -27,13 +27,7 @@ HOSTILE_CODE = Path(__file__).parent / "jobs" / "hostile"
 
 @pytest.fixture(scope="module")
 def users(stack: Stack) -> dict[str, tuple[str, str]]:
-    found = {}
-    for name in ("mallory", "victor"):
-        password = f"{name}-has-a-long-password"
-        stack.script("users", "create", name, "--password-stdin", input=password + "\n",
-                     check=False)  # may exist from an earlier module
-        found[name] = (name, password)
-    return found
+    return {name: stack.user(name) for name in ("mallory", "victor")}
 
 
 @pytest.fixture(scope="module")

@@ -41,20 +41,14 @@ def laptop_run(stack: Stack, user, experiment: str, name: str, *values: float) -
     return client(stack, user, LAPTOP_RUN, experiment, name, *map(str, values))
 
 
-def make_user(stack: Stack, name: str) -> tuple[str, str]:
-    password = f"{name}-has-a-long-password"
-    stack.script("users", "create", name, "--password-stdin", input=password + "\n", check=False)
-    return name, password
-
-
 @pytest.fixture(scope="module")
 def ada(stack: Stack):
-    return make_user(stack, "ada")
+    return stack.user("ada")
 
 
 @pytest.fixture(scope="module")
 def bruno(stack: Stack):
-    return make_user(stack, "bruno")
+    return stack.user("bruno")
 
 
 def tb_runs(stack: Stack, user, selection: str):
