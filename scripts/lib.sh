@@ -67,9 +67,12 @@ confirm() {
 project_name() { compose config 2>/dev/null | sed -n 's/^name: *//p' | head -n 1; }
 
 # The volumes that hold the platform's state (`docker compose down -v` would delete them).
+# remote-job-logs is not in backups (each run keeps its job's log as an artifact), but a
+# restore empties it: its files are named after job ids, which the restored queue reuses.
 # shellcheck disable=SC2034 # used by the scripts that source this file
 STATE_VOLUMES=(postgres-data minio-data secrets ca tls postgres-secrets minio-secrets mlflow-secrets
-               janitor-secrets trainer-secrets worker-secrets tensorboard-secrets tb-logs job-logs)
+               janitor-secrets trainer-secrets worker-secrets tensorboard-secrets tb-logs job-logs
+               remote-job-logs)
 
 # The databases a backup holds, each with the role that owns it (created by init).
 # shellcheck disable=SC2034 # used by the scripts that source this file

@@ -33,9 +33,7 @@ def ops():
 
 @pytest.fixture(scope="module")
 def erin(ops: Stack) -> tuple[str, str]:
-    password = "erin-has-a-long-password"
-    ops.script("users", "create", "erin", "--password-stdin", input=password + "\n")
-    return "erin", password
+    return ops.user("erin")
 
 
 def client(stack: Stack, user, code: str, *args: str) -> dict:
@@ -201,7 +199,8 @@ def test_status_passes_then_names_the_service_that_is_down(ops: Stack, populated
                     "janitor", "nginx", "init", "init-secrets"):
         assert any(line.split()[:2] == ["PASS", service] for line in lines), ok.stdout
     for expected in ("postgres-data", "minio-data", "free beside them", "mlflow ",
-                     "succeeded 1", "objects,", "admin password", "still the generated one"):
+                     "succeeded 1", "objects,", "admin password", "still the generated one",
+                     "== trainer workers", " mlstack-worker "):
         assert expected in ok.stdout, ok.stdout
 
     ops.compose("stop", "tensorboard")

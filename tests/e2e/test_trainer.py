@@ -24,10 +24,7 @@ register_model: carol-digits-cnn
 
 @pytest.fixture(scope="module")
 def carol(stack: Stack) -> tuple[str, str]:
-    password = "carol-has-a-long-password"
-    stack.script("users", "create", "carol", "--password-stdin", input=password + "\n",
-                 check=False)  # may exist from an earlier module
-    return "carol", password
+    return stack.user("carol")
 
 
 def mlstack(stack: Stack, user: tuple[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -270,3 +267,33 @@ def test_users_see_only_their_own_jobs(stack: Stack, carol):
     assert dave.get(f"{stack.base_url}/trainer/api/jobs").json()["jobs"] == []
     assert dave.get(f"{stack.base_url}/trainer/api/jobs/{theirs[0]['id']}").status_code == 404
     assert dave.post(f"{stack.base_url}/trainer/api/jobs/{theirs[0]['id']}/cancel").status_code == 404
+
+
+def test_a_worker_credential_works_through_the_front_door_until_revoked(stack: Stack):
+    """scripts/workers, as an operator adds a GPU host of its own: the credential it prints is
+    a worker's at the front door; a worker of another jobs API version is told which to run;
+    revoked, the credential is refused at once."""
+    created = stack.script("workers", "create", "e2e-box").stdout
+    env = dict(line.split("=", 1) for line in created.splitlines()
+               if line.startswith("MLSTACK_WORKER_"))
+    box = stack.session(env["MLSTACK_WORKER_USERNAME"], env["MLSTACK_WORKER_PASSWORD"])
+    api = f"{stack.base_url}/trainer/api"
+    again = stack.script("workers", "create", "e2e-box", check=False)
+    assert again.returncode == 2 and "exists already" in again.stderr
+    # A worker's call (no job of its own to renew), where a plain user's is refused.
+    r = box.post(f"{api}/worker/jobs/999999/heartbeat", json={"worker": "e2e-box-1"})
+    assert r.status_code == 409 and "no longer e2e-box-1's" in r.json()["error"], r.text
+    r = box.post(f"{api}/worker/claim", json={"worker": "e2e-box-1", "gpus": 0,
+                                              "api_version": "0", "image": "old"})
+    assert r.status_code == 409 and "speaks jobs API version 1" in r.json()["error"], r.text
+    image = f"mlstack/trainer:{stack.env.get('MLSTACK_VERSION', 'dev')}"
+    assert f"run the platform's trainer image, {image}" in r.json()["error"], r.text
+    listed = stack.script("workers", "list").stdout
+    assert "credentials not used yet: mlstack-worker-e2e-box" in listed, listed
+    assert " mlstack-worker " in listed, listed  # the local workers, with their last call
+
+    revoked = stack.script("workers", "revoke", "e2e-box").stdout
+    assert "revoked" in revoked and "It held no job" in revoked, revoked
+    r = box.post(f"{api}/worker/jobs/999999/heartbeat", json={"worker": "e2e-box-1"})
+    assert r.status_code in (401, 403), r.text  # at once: 403 until the login caches expire
+    assert stack.script("workers", "revoke", "nobody", check=False).returncode == 2

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-NAMES = ["backup", "ca-cert", "credentials", "gc", "restore", "status", "upgrade", "users"]
+NAMES = ["backup", "ca-cert", "credentials", "gc", "restore", "status", "upgrade", "users",
+         "workers"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

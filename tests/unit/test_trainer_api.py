@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 
 import pytest
@@ -19,11 +20,12 @@ from fastapi.testclient import TestClient
 from mlflow.server.auth.client import AuthServiceClient
 
 from mlstack_platform import databases
+from mlstack_trainer import worker_accounts
 from mlstack_trainer.api import create_app
 from mlstack_trainer.callers import Authenticator
 from mlstack_trainer.mlflow_admin import MlflowAdmin
 from mlstack_trainer.queue import JobQueue
-from mlstack_trainer.settings import API_VERSION, ApiSettings
+from mlstack_trainer.settings import API_VERSION, ApiSettings, SettingError
 from tests.mlflow_server import mlflow_server
 
 ADMIN = ("admin", "admin-password-for-tests")
@@ -75,7 +77,8 @@ def db(postgres, request) -> str:
 def settings(mlflow_uri, tmp_path) -> ApiSettings:
     (tmp_path / "logs").mkdir()
     return ApiSettings(mlflow_uri=mlflow_uri, db_host="unused", db_port=0,
-                       logs_dir=tmp_path / "logs", public_url=ORIGIN, origins=(ORIGIN,),
+                       logs_dir=tmp_path / "logs", remote_logs_dir=tmp_path / "remote-logs",
+                       public_url=ORIGIN, origins=(ORIGIN,),
                        lease_s=60, max_code_bytes=MAX_CODE_BYTES, identity_cache_s=0,
                        secrets_dir=tmp_path / "no-secrets")
 
@@ -336,6 +339,7 @@ def test_a_worker_of_another_release_is_told_so(api):
     r = claim(api, api_version="0")
     assert r.status_code == 409
     assert f"version {API_VERSION}" in r.json()["error"] and "the worker 0" in r.json()["error"]
+    assert "run the platform's trainer image, mlstack/trainer" in r.json()["error"]
     assert api.get(JOBS, auth=ALICE).json()["jobs"][0]["state"] == "queued"
 
 
@@ -524,3 +528,91 @@ def test_the_interactive_docs_load_nothing_from_other_sites(api):
     assert page.status_code == 200
     assert "https://" not in page.text  # no CDN: Swagger UI comes from the platform
     assert api.get("/trainer/api/docs-static/swagger-ui-bundle.js").status_code == 200
+
+
+# --- workers on hosts of their own (scripts/workers) ---------------------------------------------
+
+def test_a_created_worker_claims_and_once_revoked_is_refused_and_its_job_moves_on(
+        api, mlflow_uri):
+    queue, admin = api.app.state.queue, MlflowAdmin(mlflow_uri)
+    printed = worker_accounts.create(queue, admin, "gpu-box-1")
+    env = dict(line.split("=", 1) for line in printed.splitlines() if line.startswith("MLSTACK_"))
+    box = (env["MLSTACK_WORKER_USERNAME"], env["MLSTACK_WORKER_PASSWORD"])
+    assert box[0] == "mlstack-worker-gpu-box-1" and len(box[1]) >= 32
+    with pytest.raises(SettingError, match="exists already"):
+        worker_accounts.create(queue, admin, "gpu-box-1")
+    # No grants: the credential reads nothing in MLflow, and cannot submit as a person would.
+    assert mlflow(mlflow_uri, box, "get", "experiments/get",
+                  params={"experiment_id": "0"}).status_code == 403
+
+    job = queued(api, ALICE, EXAMPLE.format(experiment="alice-remote") + "retries: 1\n")
+    held = claim(api, worker="gpu-box-1-a", user=box).json()
+    identity = (held["identity"]["username"], held["identity"]["password"])
+    assert run_of(mlflow_uri, identity, held["run_id"]).status_code == 200
+    listed = worker_accounts.listing(queue)
+    assert re.search(rf"gpu-box-1-a\s+mlstack-worker-gpu-box-1\s+0\s+{API_VERSION}\s+\d+ s ago\s+"
+                     rf"{job['id']}", listed), listed
+
+    # Another worker account cannot speak for this host's process, nor take its name.
+    beat = f"/trainer/api/worker/jobs/{job['id']}/heartbeat"
+    for path, body in ((beat, {"worker": "gpu-box-1-a"}),
+                       (f"/trainer/api/worker/jobs/{job['id']}/finish",
+                        {"worker": "gpu-box-1-a", "state": "failed"})):
+        r = api.post(path, auth=WORKER, json=body)
+        assert r.status_code == 403 and "is not mlstack-worker's" in r.json()["error"], r.text
+    assert api.get(f"/trainer/api/worker/jobs/{job['id']}/code", auth=WORKER,
+                   params={"worker": "gpu-box-1-a"}).status_code == 403
+    r = claim(api, worker="gpu-box-1-a")
+    assert r.status_code == 409 and "belongs to another worker account" in r.json()["error"]
+    assert api.post(beat, auth=box, json={"worker": "gpu-box-1-a"}).status_code == 200
+
+    assert f"It held job {job['id']}" in worker_accounts.revoke(queue, admin, "gpu-box-1")
+    assert api.post(beat, auth=box, json={"worker": "gpu-box-1-a"}).status_code in (401, 403)
+    assert claim(api, worker="gpu-box-1-a", user=box).status_code in (401, 403)
+    assert run_of(mlflow_uri, identity, held["run_id"]).status_code == 401  # at once
+    assert "(revoked)" in worker_accounts.listing(queue)
+    api.app.state.sweep()  # the jobs API's next sweep: requeued per its retries
+    assert api.get(f"{JOBS}/{job['id']}", auth=ALICE).json()["state"] == "queued"
+    assert claim(api).json()["job"]["id"] == job["id"]  # and another worker runs it
+
+
+@pytest.mark.parametrize("name, error", [
+    ("Gpu_Box", "use 1-40 lower-case letters"),
+    ("never-created", "there is no worker never-created"),
+])
+def test_revoking_a_worker_that_is_not_one_says_why_and_deletes_no_one(api, mlflow_uri, name,
+                                                                      error):
+    with pytest.raises(SettingError, match=error):
+        worker_accounts.revoke(api.app.state.queue, MlflowAdmin(mlflow_uri), name)
+    assert claim(api).status_code == 204  # the local worker account still works
+
+
+def test_a_remote_workers_log_is_kept_once_read_by_its_user_and_lands_in_the_run(
+        api, mlflow_uri, claimed):
+    job_id = claimed["job"]["id"]
+    send = f"/trainer/api/worker/jobs/{job_id}/log"
+
+    def part(offset: int, data: bytes, user=WORKER, worker="host-1", attempt=1):
+        return api.post(send, auth=user, content=data,
+                        params={"worker": worker, "attempt": attempt, "offset": offset})
+
+    assert part(0, b"epoch 1\n").json() == {"size": 8}
+    assert part(0, b"epoch 1\nepoch 2\n").json() == {"size": 16}  # a retry: kept once
+    assert part(99, b"lost in between\n").json() == {"size": 16}  # a gap: send from 16
+    r = api.get(f"{JOBS}/{job_id}/logs", auth=ALICE)
+    assert r.content == b"epoch 1\nepoch 2\n" and r.headers["X-Next-Offset"] == "16"
+    assert api.get(f"{JOBS}/{job_id}/logs", auth=ALICE, params={"offset": 8}).content == \
+        b"epoch 2\n"
+    assert api.get(f"{JOBS}/{job_id}/logs", auth=BOB).status_code == 404
+    # Only the job's worker, for the attempt it runs, and only a worker at all.
+    assert part(16, b"x", worker="host-2").status_code == 409
+    assert part(16, b"x", attempt=2).status_code == 409
+    assert part(16, b"x", user=ALICE).status_code == 403
+
+    r = api.post(f"/trainer/api/worker/jobs/{job_id}/finish", auth=WORKER,
+                 json={"worker": "host-1", "state": "succeeded"})
+    assert r.status_code == 200, r.text
+    assert part(16, b"after the end\n").status_code == 409
+    artifacts = mlflow(mlflow_uri, ALICE, "get", "artifacts/list",
+                       params={"run_id": claimed["run_id"], "path": "logs"}).json()
+    assert [f["path"] for f in artifacts["files"]] == [f"logs/{job_id}.1.log"]

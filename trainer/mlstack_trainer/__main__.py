@@ -4,6 +4,8 @@
            --scale trainer=N, or run it on a GPU host of its own)
   api      the jobs API under uvicorn (the `trainer-api` service)
   check    exit 0 when this container's worker polled within the last 60 s (healthcheck)
+  workers create NAME | revoke NAME | list
+           worker credentials for GPU hosts of their own (scripts/workers; in trainer-api)
   migrate-tensorboard
            move TensorBoard folders of an older release to the id layout (scripts/upgrade,
            scripts/restore; `RUN_ID<TAB>EXPERIMENT_ID` lines on standard input)
@@ -21,8 +23,15 @@ from .settings import SettingError
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mlstack-trainer", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("role", choices=["worker", "api", "check", "migrate-tensorboard"])
+    p.add_argument("role", choices=["worker", "api", "check", "migrate-tensorboard", "workers"])
+    p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.args and args.role != "workers":
+        p.error(f"{args.role} takes no arguments")
+    if args.role == "workers":
+        from .worker_accounts import main as workers
+
+        return workers(args.args)
     if args.role == "migrate-tensorboard":
         from . import tb_layout
 

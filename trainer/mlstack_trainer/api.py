@@ -37,6 +37,7 @@ from .states import FINAL, JobState
 PREFIX = "/trainer/api"
 SWEEP_EVERY_S = 10
 LOG_CHUNK = 1 << 20
+REMOTE_LOG_MAX_BYTES = 100 << 20  # per attempt: what a remote worker may fill trainer-api's disk with
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
@@ -109,6 +110,10 @@ class Heartbeat(BaseModel):
     cancel_requested: bool
 
 
+class LogReceived(BaseModel):
+    size: int = Field(description="Bytes of this attempt's log the platform holds: send from there")
+
+
 class Finish(BaseModel):
     worker: str
     state: JobState
@@ -151,6 +156,7 @@ def create_app(settings: ApiSettings | None = None, queue: JobQueue | None = Non
     async def lifespan(_app: FastAPI):
         queue.migrate()
         queue.add_worker_account(LOCAL_WORKER_ACCOUNT)
+        settings.remote_logs_dir.mkdir(parents=True, exist_ok=True)
         sweeper = threading.Thread(target=_sweep_forever, daemon=True) if sweep else None
         if sweeper:
             sweeper.start()
@@ -289,7 +295,7 @@ def create_app(settings: ApiSettings | None = None, queue: JobQueue | None = Non
         """The job's output from `offset`; X-Next-Offset says where to continue, X-Job-State
         whether more may come."""
         job = visible(job_id, who)
-        data = _read_log(settings.logs_dir / f"{job.id}.log", offset)
+        data = _read_log(_log_parts(job.id), offset)
         return Response(data, media_type="text/plain", headers={
             "X-Next-Offset": str(offset + len(data)), "X-Job-State": job.state})
 
@@ -305,25 +311,79 @@ def create_app(settings: ApiSettings | None = None, queue: JobQueue | None = Non
     def claim(body: ClaimRequest, who: Worker):
         if body.api_version != API_VERSION:
             raise ApiError(409, f"this platform speaks jobs API version {API_VERSION}, the "
-                                f"worker {body.api_version}: run the trainer image of the "
-                                "platform's release")
-        queue.worker_seen(body.worker, who.username, body.gpus, body.api_version)
+                                f"worker {body.api_version}: run the platform's trainer image, "
+                                f"{settings.trainer_image}")
+        if not queue.worker_seen(body.worker, who.username, body.gpus, body.api_version):
+            raise ApiError(409, f"the worker name {body.worker} belongs to another worker "
+                                "account: give this worker another TRAINER_WORKER_NAME")
         _sweep()
         job = queue.claim(body.worker, settings.lease_s, body.gpus)
         if job is None:
             return Response(status_code=204)
+        queue.worker_busy(body.worker, job.id)
         return _start(job, body.worker, body.image)
 
+    def _speaks_for(who: Caller, worker_name: str) -> None:
+        """A worker account reports for its own worker processes, never another account's
+        (a remote host must not renew, finish or download another host's job)."""
+        owner = queue.worker_owner(worker_name)
+        if owner is not None and owner != who.username:
+            raise ApiError(403, f"worker {worker_name} is not {who.username}'s")
+
     @app.post(f"{PREFIX}/worker/jobs/{{job_id}}/heartbeat", response_model=Heartbeat)
-    def heartbeat(job_id: int, body: WorkerReport, _who: Worker):
+    def heartbeat(job_id: int, body: WorkerReport, who: Worker):
+        _speaks_for(who, body.worker)
         job = queue.heartbeat(job_id, body.worker, settings.lease_s)
         if job is None:
             raise ApiError(409, f"job {job_id} is no longer {body.worker}'s: stop it")
         queue.worker_busy(body.worker, job_id)
         return Heartbeat(cancel_requested=job.cancel_requested)
 
+    @app.post(f"{PREFIX}/worker/jobs/{{job_id}}/log", response_model=LogReceived)
+    async def receive_log(job_id: int, request: Request, who: Worker, worker: str,
+                          attempt: int = Query(ge=1), offset: int = Query(ge=0)):
+        """A remote worker's job output (it shares no volume with the platform): the bytes of
+        its attempt's log from `offset`. Bytes sent again (a retry) are kept once; the answer
+        says where the next part starts."""
+        data = await request.body()
+        if len(data) > LOG_CHUNK:
+            raise ApiError(413, f"send the log in parts of at most {LOG_CHUNK} bytes")
+        return await run_in_threadpool(_append_log, job_id, who, worker, attempt, offset, data)
+
+    log_lock = threading.Lock()
+
+    def _append_log(job_id: int, who: Caller, worker: str, attempt: int, offset: int,
+                    data: bytes) -> LogReceived:
+        _speaks_for(who, worker)
+        job = queue.get(job_id)
+        if (job is None or job.worker != worker or job.state != JobState.RUNNING
+                or job.attempts != attempt):
+            raise ApiError(409, f"job {job_id} attempt {attempt} is no longer {worker}'s: stop it")
+        path = settings.remote_logs_dir / f"{job_id}.{attempt}.log"
+        with log_lock:
+            size = path.stat().st_size if path.exists() else 0
+            if offset > size:  # a part went missing: the worker sends again from `size`
+                return LogReceived(size=size)
+            data = data[size - offset:]
+            if size + len(data) > REMOTE_LOG_MAX_BYTES:
+                raise ApiError(413, f"the job's log is over {REMOTE_LOG_MAX_BYTES >> 20} MB: "
+                                    "the rest is not kept")
+            with open(path, "ab") as log:
+                log.write(data)
+        return LogReceived(size=size + len(data))
+
+    def _log_parts(job_id: int) -> list[Path]:
+        """A job's log: the file its local worker writes on the shared volume, or the attempts
+        that remote workers sent, in order."""
+        local = settings.logs_dir / f"{job_id}.log"
+        if local.exists():
+            return [local]
+        parts = settings.remote_logs_dir.glob(f"{job_id}.*.log")
+        return sorted(parts, key=lambda path: int(path.name.split(".")[1]))
+
     @app.get(f"{PREFIX}/worker/jobs/{{job_id}}/code", response_class=Response)
-    def code(job_id: int, worker: str, _who: Worker):
+    def code(job_id: int, worker: str, who: Worker):
+        _speaks_for(who, worker)
         job = queue.get(job_id)
         if job is None or job.worker != worker or job.state != JobState.RUNNING:
             raise ApiError(404, f"job {job_id} is not running on {worker}")
@@ -333,7 +393,8 @@ def create_app(settings: ApiSettings | None = None, queue: JobQueue | None = Non
         return Response(data, media_type="application/gzip")
 
     @app.post(f"{PREFIX}/worker/jobs/{{job_id}}/finish", response_model=JobView)
-    def finish(job_id: int, body: Finish, _who: Worker):
+    def finish(job_id: int, body: Finish, who: Worker):
+        _speaks_for(who, body.worker)
         if not body.state.final:
             raise ApiError(400, f"a job finishes as one of {[s.value for s in FINAL]}")
         job = queue.finish(job_id, body.worker, body.state.value, body.error)
@@ -394,7 +455,10 @@ def create_app(settings: ApiSettings | None = None, queue: JobQueue | None = Non
         """After an attempt ends: its log into the run, the run ended, the identity gone."""
         if job.mlflow_run_id:
             try:
-                admin.upload_log(job.mlflow_run_id, settings.logs_dir / f"{job.id}.log")
+                local = settings.logs_dir / f"{job.id}.log"
+                # A remote attempt's run gets that attempt's log.
+                admin.upload_log(job.mlflow_run_id, local if local.exists() else
+                                 settings.remote_logs_dir / f"{job.id}.{job.attempts}.log")
                 if job.state != JobState.SUCCEEDED:
                     status = "KILLED" if job.state == JobState.CANCELLED else "FAILED"
                     admin.end_run(job.mlflow_run_id, status, job.error)
@@ -438,13 +502,19 @@ def create_app(settings: ApiSettings | None = None, queue: JobQueue | None = Non
     return app
 
 
-def _read_log(path: Path, offset: int) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read(LOG_CHUNK)
-    except FileNotFoundError:
-        return b""
+def _read_log(parts: list[Path], offset: int) -> bytes:
+    """At most LOG_CHUNK bytes from `offset` of the parts taken as one file."""
+    for path in parts:
+        try:
+            size = path.stat().st_size
+            if offset < size:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    return f.read(LOG_CHUNK)
+            offset -= size
+        except FileNotFoundError:
+            continue
+    return b""
 
 
 async def _read_submission(request: Request, max_code_bytes: int

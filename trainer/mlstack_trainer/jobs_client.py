@@ -15,6 +15,26 @@ class LeaseLost(RuntimeError):
     """The job is no longer this worker's (reaped, or the platform says stop)."""
 
 
+class LogRefused(RuntimeError):
+    """The platform keeps no more of this job's log (over its limit)."""
+
+
+class Refused(RuntimeError):
+    """The platform refuses this worker's credential: revoked, or never a worker's."""
+
+
+def _refused(r: requests.Response) -> Refused | None:
+    if r.status_code not in (401, 403):
+        return None
+    try:
+        why = r.json().get("error") or r.text
+    except ValueError:
+        why = r.text
+    return Refused(f"the platform refuses this worker ({r.status_code}: {why.strip()[:200]}); "
+                   "if it was revoked, ask the operator for a new credential "
+                   "(scripts/workers create)")
+
+
 class JobsClient:
     def __init__(self, settings: WorkerSettings):
         self.base = f"{settings.platform_url}/trainer/api"
@@ -35,6 +55,8 @@ class JobsClient:
                                          "api_version": API_VERSION, "image": self.image})
         if r.status_code == 204:
             return None
+        if refused := _refused(r):
+            raise refused
         if r.status_code == 409:  # the job could not start (rights); the API failed it
             print(f"[worker] {r.json().get('error')}", flush=True)
             return None
@@ -46,6 +68,8 @@ class JobsClient:
         r = self._post(f"/worker/jobs/{job_id}/heartbeat", {"worker": self.name}, timeout=10)
         if r.status_code == 409:
             raise LeaseLost(r.json().get("error", "lease lost"))
+        if refused := _refused(r):  # revoked: the job goes now, not when the lease runs out
+            raise LeaseLost(str(refused))
         r.raise_for_status()
         return bool(r.json()["cancel_requested"])
 
@@ -54,6 +78,21 @@ class JobsClient:
                           params={"worker": self.name}, timeout=300)
         r.raise_for_status()
         return r.content
+
+    def send_log(self, job_id: int, attempt: int, offset: int, data: bytes) -> int:
+        """Bytes of the job's log from `offset` (a remote worker's); returns how many the
+        platform now holds, where the next part starts. Raises LeaseLost, LogRefused."""
+        r = self.http.post(f"{self.base}/worker/jobs/{job_id}/log", data=data, timeout=(10, 60),
+                           params={"worker": self.name, "attempt": attempt, "offset": offset},
+                           headers={"Content-Type": "application/octet-stream"})
+        if r.status_code == 413:
+            raise LogRefused(r.json().get("error", "the log is over the platform's limit"))
+        if r.status_code == 409:
+            raise LeaseLost(r.json().get("error", "lease lost"))
+        if refused := _refused(r):
+            raise LeaseLost(str(refused))
+        r.raise_for_status()
+        return int(r.json()["size"])
 
     def finish(self, job_id: int, state: str, error: str | None) -> None:
         r = self._post(f"/worker/jobs/{job_id}/finish",

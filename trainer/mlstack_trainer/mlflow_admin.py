@@ -24,7 +24,7 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.server.auth.client import AuthServiceClient
 
-from .settings import JOB_IDENTITY_PREFIX
+from .settings import JOB_IDENTITY_PREFIX, LOCAL_WORKER_ACCOUNT
 
 CAN_WRITE = ("EDIT", "MANAGE")
 
@@ -142,6 +142,24 @@ class MlflowAdmin:
         except MlflowException as exc:
             if not _missing_error(exc):
                 raise
+
+    def delete_worker_account(self, account: str) -> None:
+        if not account.startswith(f"{LOCAL_WORKER_ACCOUNT}-"):  # never a person's account
+            raise ValueError(f"{account!r} is not a remote worker's account")
+        try:
+            self.auth.delete_user(account)
+        except MlflowException as exc:
+            if not _missing_error(exc):
+                raise
+
+    def user_exists(self, username: str) -> bool:
+        try:
+            self.auth.get_user(username)
+        except MlflowException as exc:
+            if _missing_error(exc):
+                return False
+            raise
+        return True
 
     def is_admin(self, username: str) -> bool:
         """False for a user who is not an admin or no longer exists (no rights at all)."""

@@ -236,13 +236,61 @@ class JobQueue:
         return bool(self._scalar("SELECT 1 FROM worker_accounts WHERE username = %s "
                                  "AND revoked_at IS NULL", (username,)))
 
-    def worker_seen(self, name: str, username: str, gpus: int, version: str) -> None:
-        """A worker process asked for work (its GPUs are what it offers)."""
-        self._run("""INSERT INTO worker_instances (name, username, gpus, version, job_id)
-                     VALUES (%s, %s, %s, %s, NULL)
-                     ON CONFLICT (name) DO UPDATE SET username = EXCLUDED.username,
-                         gpus = EXCLUDED.gpus, version = EXCLUDED.version, job_id = NULL,
-                         last_seen = now()""", (name, username, gpus, version))
+    def worker_account_exists(self, username: str) -> bool:
+        """Marked as a worker once, revoked or not."""
+        return bool(self._scalar("SELECT 1 FROM worker_accounts WHERE username = %s",
+                                 (username,)))
+
+    def expire_leases_of(self, username: str) -> list[Job]:
+        """The running jobs of an account's workers, their leases ended now: the next sweep
+        requeues or fails them (reap_expired). Returns them."""
+        return self._run(
+            """UPDATE jobs SET lease_expires_at = now() - interval '1 second'
+               WHERE state = 'running' AND worker IN
+                     (SELECT name FROM worker_instances WHERE username = %s)
+               RETURNING *""", (username,))
+
+    def worker_instances(self) -> list[dict[str, Any]]:
+        """Each worker process as last seen, newest first, with its account's state."""
+        conn = self._connect()
+        try:
+            with conn, conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                cur.execute("""SELECT i.name, i.username, i.gpus, i.version, i.job_id,
+                                      extract(epoch FROM now() - i.last_seen)::int AS seen_s_ago,
+                                      a.revoked_at IS NOT NULL AS revoked
+                               FROM worker_instances i
+                               LEFT JOIN worker_accounts a ON a.username = i.username
+                               ORDER BY i.last_seen DESC""")
+                return [dict(row) for row in cur.fetchall()]
+        finally:
+            conn.close()
+
+    def worker_accounts_never_seen(self) -> list[str]:
+        conn = self._connect()
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute("""SELECT username FROM worker_accounts a WHERE revoked_at IS NULL
+                               AND NOT EXISTS (SELECT 1 FROM worker_instances i
+                                               WHERE i.username = a.username)
+                               ORDER BY username""")
+                return [row[0] for row in cur.fetchall()]
+        finally:
+            conn.close()
+
+    def worker_seen(self, name: str, username: str, gpus: int, version: str) -> bool:
+        """A worker process asked for work (its GPUs are what it offers). False when another
+        worker account uses that name: a name is its first account's for good."""
+        return self._scalar(
+            """INSERT INTO worker_instances (name, username, gpus, version, job_id)
+               VALUES (%s, %s, %s, %s, NULL)
+               ON CONFLICT (name) DO UPDATE SET gpus = EXCLUDED.gpus,
+                   version = EXCLUDED.version, job_id = NULL, last_seen = now()
+               WHERE worker_instances.username = EXCLUDED.username
+               RETURNING name""", (name, username, gpus, version)) is not None
+
+    def worker_owner(self, name: str) -> str | None:
+        """The worker account that a worker process's name belongs to."""
+        return self._scalar("SELECT username FROM worker_instances WHERE name = %s", (name,))
 
     def worker_busy(self, name: str, job_id: int) -> None:
         self._run("UPDATE worker_instances SET last_seen = now(), job_id = %s WHERE name = %s",

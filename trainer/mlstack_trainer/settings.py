@@ -40,6 +40,14 @@ def integer(name: str, default: int, minimum: int = 0) -> int:
     return value
 
 
+def boolean(name: str, default: bool) -> bool:
+    raw = env(name, "true" if default else "false").lower()
+    if raw not in ("true", "false"):
+        raise SettingError(f"{name}={raw!r} is neither true nor false: write {name}=true or "
+                           f"{name}=false")
+    return raw == "true"
+
+
 def secret(directory: Path, name: str) -> str:
     path = directory / name
     try:
@@ -55,12 +63,15 @@ class ApiSettings:
     db_host: str
     db_port: int
     logs_dir: Path
+    # The logs remote workers send (they share no volume with the platform); trainer-api's own.
+    remote_logs_dir: Path
     public_url: str  # where users open MLflow and TensorBoard: the links jobs carry
     origins: tuple[str, ...]  # state changes from any other Origin are refused
     lease_s: int
     max_code_bytes: int
     identity_cache_s: int
     secrets_dir: Path
+    trainer_image: str = "mlstack/trainer"  # of this release: what every worker must run
 
     @classmethod
     def from_env(cls) -> ApiSettings:
@@ -72,6 +83,8 @@ class ApiSettings:
             db_host=env("POSTGRES_HOST", "postgres"),
             db_port=integer("POSTGRES_PORT", 5432, 1),
             logs_dir=Path(env("MLSTACK_JOB_LOGS", "/var/lib/mlstack/job-logs")),
+            remote_logs_dir=Path(env("MLSTACK_REMOTE_JOB_LOGS",
+                                     "/var/lib/mlstack/remote-job-logs")),
             public_url=origins[0],
             origins=tuple(origins),
             lease_s=integer("TRAINER_LEASE_SECONDS", 60, 10),
@@ -79,6 +92,7 @@ class ApiSettings:
             # With MLflow's own cache (at most 10 s), a changed password is refused within 15 s.
             identity_cache_s=integer("TRAINER_IDENTITY_CACHE_SECONDS", 4, 0),
             secrets_dir=secrets_dir,
+            trainer_image=env("MLSTACK_TRAINER_IMAGE", "mlstack/trainer"),
         )
 
     def connect(self):
@@ -109,6 +123,9 @@ class WorkerSettings:
     pip_index_url: str | None
     image: str
     max_tensorboard_bytes: int  # per job: what the worker copies of its TensorBoard files
+    # On a host of its own (docker-compose.worker.yml): no volume shared with the platform, so
+    # logs and TensorBoard files are sent (remote.py).
+    remote: bool = False
 
     @classmethod
     def from_env(cls) -> WorkerSettings:
@@ -118,7 +135,10 @@ class WorkerSettings:
             name=env("TRAINER_WORKER_NAME", f"{socket.gethostname()}-{os.getpid()}"),
             platform_url=env("MLSTACK_URL", INTERNAL_URL).rstrip("/"),
             username=env("MLSTACK_WORKER_USERNAME", LOCAL_WORKER_ACCOUNT),
-            password=secret(secrets_dir, "worker_mlflow_password"),
+            # A remote worker's from its host's .env (scripts/workers create); a local one's
+            # from the secret that init-secrets wrote.
+            password=(os.environ.get("MLSTACK_WORKER_PASSWORD", "").strip()
+                      or secret(secrets_dir, "worker_mlflow_password")),
             ca_file=ca if ca.exists() else None,
             tb_root=Path(env("MLSTACK_TB_ROOT", "/var/lib/mlstack/tb-logs")),
             logs_dir=Path(env("MLSTACK_JOB_LOGS", "/var/lib/mlstack/job-logs")),
@@ -127,6 +147,7 @@ class WorkerSettings:
             pip_index_url=env("TRAINER_PIP_INDEX_URL", "") or None,
             image=env("MLSTACK_TRAINER_IMAGE", "mlstack/trainer"),
             max_tensorboard_bytes=integer("TRAINER_MAX_TENSORBOARD_MB", 2048, 1) * 1024 * 1024,
+            remote=boolean("TRAINER_REMOTE", False),
         )
 
 

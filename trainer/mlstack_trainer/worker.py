@@ -11,6 +11,10 @@ the GPU; the lease then runs out and the API requeues or fails the job. If the w
 renew the lease (the platform is unreachable), it kills the job before the lease runs out by
 its own clock, so a requeued job never runs twice. Every loop the worker touches a heartbeat
 file; `mlstack-trainer check` (the container healthcheck) fails when it is stale.
+
+A worker on a host of its own (TRAINER_REMOTE, docker-compose.worker.yml) shares no volume
+with the platform: it sends the job's log and TensorBoard files as well (remote.py). A revoked
+worker credential ends the running job at the next heartbeat.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from . import sandbox
-from .jobs_client import JobsClient, LeaseLost
+from .jobs_client import JobsClient, LeaseLost, Refused
+from .remote import Sender
 from .settings import WorkerSettings
 from .tb_publish import Publisher
 
@@ -36,6 +41,7 @@ DEFAULT_HEARTBEAT_FILE = Path("/tmp/mlstack-worker.heartbeat")
 class Timing:
     heartbeat_s: float = 5
     poll_s: float = 2
+    refused_s: float = 30  # between claims the platform refuses (a revoked credential)
     kill_grace_s: float = 10
     heartbeat_file: Path = DEFAULT_HEARTBEAT_FILE
 
@@ -54,6 +60,10 @@ class Worker:
         while not self.stopping:
             try:
                 ran = self.run_once()
+            except Refused as exc:  # revoked: say so now and then, until the operator acts
+                print(f"[worker] {exc}", flush=True)
+                time.sleep(self.timing.refused_s)
+                continue
             except Exception as exc:  # noqa: BLE001 - the platform restarting: try again
                 print(f"[worker] {exc}", flush=True)
                 ran = False
@@ -111,11 +121,16 @@ class Worker:
                 publisher = Publisher(folders.tensorboard, folders.published,
                                       max_bytes=s.max_tensorboard_bytes).start()
                 timeout_s = int(job["spec"].get("resources", {}).get("timeout_seconds") or 3600)
+                # Its own client: a session is not shared between threads.
+                sender = Sender(JobsClient(s), claim, folders.log, folders.published,
+                                s.platform_url, s.ca_file).start() if s.remote else None
                 try:
                     outcome = self._supervise(job["id"], timeout_s, claim["lease_seconds"],
                                               process)
                 finally:
                     publisher.stop()
+                    if sender:
+                        sender.stop()
         finally:
             sandbox.end(folders)  # raises SandboxBroken when the job outlived it
             sandbox.remove_home(folders.tensorboard, folders.uid)
