@@ -608,6 +608,7 @@ def test_a_remote_workers_log_is_kept_once_read_by_its_user_and_lands_in_the_run
     assert part(16, b"x", worker="host-2").status_code == 409
     assert part(16, b"x", attempt=2).status_code == 409
     assert part(16, b"x", user=ALICE).status_code == 403
+    assert part(16, b"x" * (2 << 20)).status_code == 413  # in parts of at most 1 MB
 
     r = api.post(f"/trainer/api/worker/jobs/{job_id}/finish", auth=WORKER,
                  json={"worker": "host-1", "state": "succeeded"})

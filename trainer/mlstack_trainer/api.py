@@ -345,15 +345,17 @@ def create_app(settings: ApiSettings | None = None, queue: JobQueue | None = Non
         """A remote worker's job output (it shares no volume with the platform): the bytes of
         its attempt's log from `offset`. Bytes sent again (a retry) are kept once; the answer
         says where the next part starts."""
-        data = await request.body()
-        if len(data) > LOG_CHUNK:
-            raise ApiError(413, f"send the log in parts of at most {LOG_CHUNK} bytes")
+        data = bytearray()
+        async for part in request.stream():  # never more than a part in memory
+            data += part
+            if len(data) > LOG_CHUNK:
+                raise ApiError(413, f"send the log in parts of at most {LOG_CHUNK} bytes")
         return await run_in_threadpool(_append_log, job_id, who, worker, attempt, offset, data)
 
     log_lock = threading.Lock()
 
     def _append_log(job_id: int, who: Caller, worker: str, attempt: int, offset: int,
-                    data: bytes) -> LogReceived:
+                    data: bytearray) -> LogReceived:
         _speaks_for(who, worker)
         job = queue.get(job_id)
         if (job is None or job.worker != worker or job.state != JobState.RUNNING
