@@ -617,3 +617,46 @@ def test_a_remote_workers_log_is_kept_once_read_by_its_user_and_lands_in_the_run
     artifacts = mlflow(mlflow_uri, ALICE, "get", "artifacts/list",
                        params={"run_id": claimed["run_id"], "path": "logs"}).json()
     assert [f["path"] for f in artifacts["files"]] == [f"logs/{job_id}.1.log"]
+
+
+def test_a_worker_credential_is_no_team_member(api):
+    for call in (lambda: api.get(JOBS, auth=WORKER),
+                 lambda: submit(api, WORKER, EXAMPLE.format(experiment="worker-owned"))):
+        r = call()
+        assert r.status_code == 403 and "only claims jobs" in r.json()["error"], r.text
+
+
+def test_a_claim_on_its_way_as_the_worker_is_revoked_is_reaped_at_the_next_sweep(
+        api, mlflow_uri):
+    queue, admin = api.app.state.queue, MlflowAdmin(mlflow_uri)
+    printed = worker_accounts.create(queue, admin, "gpu-box-2")
+    env = dict(line.split("=", 1) for line in printed.splitlines() if line.startswith("MLSTACK_"))
+    box = (env["MLSTACK_WORKER_USERNAME"], env["MLSTACK_WORKER_PASSWORD"])
+    job = queued(api, ALICE, EXAMPLE.format(experiment="alice-race"))
+    assert claim(api, worker="gpu-box-2-a", user=box).status_code == 200
+    queue.revoke_worker_account(box[0])  # as the claim above was still on its way: no expiry
+    api.app.state.sweep()
+    reaped = api.get(f"{JOBS}/{job['id']}", auth=ALICE).json()
+    assert reaped["state"] == "failed" and reaped["worker"] is None, reaped
+    admin.delete_worker_account(box[0])
+
+
+def test_a_job_run_locally_then_remotely_shows_both_logs_and_each_run_its_own(
+        api, mlflow_uri, postgres, db, settings):
+    job = queued(api, ALICE, EXAMPLE.format(experiment="alice-mixed") + "retries: 1\n")
+    first = claim(api).json()
+    (settings.logs_dir / f"{job['id']}.log").write_text("local attempt\n")
+    assert reap(api, postgres, db, job["id"])["state"] == "queued"
+    second = claim(api, worker="host-2").json()
+    r = api.post(f"/trainer/api/worker/jobs/{job['id']}/log", auth=WORKER,
+                 content=b"remote attempt\n",
+                 params={"worker": "host-2", "attempt": 2, "offset": 0})
+    assert r.status_code == 200, r.text
+    assert api.get(f"{JOBS}/{job['id']}/logs", auth=ALICE).content == \
+        b"local attempt\nremote attempt\n"
+    api.post(f"/trainer/api/worker/jobs/{job['id']}/finish", auth=WORKER,
+             json={"worker": "host-2", "state": "succeeded"})
+    for claimed_run, name in ((first, f"{job['id']}.log"), (second, f"{job['id']}.2.log")):
+        listed = mlflow(mlflow_uri, ALICE, "get", "artifacts/list",
+                        params={"run_id": claimed_run["run_id"], "path": "logs"}).json()
+        assert [f["path"] for f in listed["files"]] == [f"logs/{name}"]

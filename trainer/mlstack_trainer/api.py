@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Annotated, Any
@@ -135,7 +136,15 @@ def _worker(request: Request, who: Annotated[Caller, Depends(_caller)]) -> Calle
     return who
 
 
-User = Annotated[Caller, Depends(_caller)]
+def _person(request: Request, who: Annotated[Caller, Depends(_caller)]) -> Caller:
+    """A team member: a worker credential claims jobs and nothing else (it would own the
+    experiments its jobs created, and could claim back what it submitted)."""
+    if request.app.state.queue.is_worker(who.username):
+        raise ApiError(403, f"{who.username} is a worker's credential: it only claims jobs")
+    return who
+
+
+User = Annotated[Caller, Depends(_person)]
 Worker = Annotated[Caller, Depends(_worker)]
 
 
@@ -375,13 +384,12 @@ def create_app(settings: ApiSettings | None = None, queue: JobQueue | None = Non
         return LogReceived(size=size + len(data))
 
     def _log_parts(job_id: int) -> list[Path]:
-        """A job's log: the file its local worker writes on the shared volume, or the attempts
-        that remote workers sent, in order."""
+        """A job's log: the file local workers write on the shared volume (every attempt that
+        ran there), then the attempts that remote workers sent, in order."""
         local = settings.logs_dir / f"{job_id}.log"
-        if local.exists():
-            return [local]
         parts = settings.remote_logs_dir.glob(f"{job_id}.*.log")
-        return sorted(parts, key=lambda path: int(path.name.split(".")[1]))
+        return ([local] if local.exists() else []) + sorted(
+            parts, key=lambda path: int(path.name.split(".")[1]))
 
     @app.get(f"{PREFIX}/worker/jobs/{{job_id}}/code", response_class=Response)
     def code(job_id: int, worker: str, who: Worker):
@@ -457,10 +465,10 @@ def create_app(settings: ApiSettings | None = None, queue: JobQueue | None = Non
         """After an attempt ends: its log into the run, the run ended, the identity gone."""
         if job.mlflow_run_id:
             try:
-                local = settings.logs_dir / f"{job.id}.log"
-                # A remote attempt's run gets that attempt's log.
-                admin.upload_log(job.mlflow_run_id, local if local.exists() else
-                                 settings.remote_logs_dir / f"{job.id}.{job.attempts}.log")
+                # A remote attempt's run gets that attempt's log; a local one, the local file.
+                remote = settings.remote_logs_dir / f"{job.id}.{job.attempts}.log"
+                admin.upload_log(job.mlflow_run_id, remote if remote.exists() else
+                                 settings.logs_dir / f"{job.id}.log")
                 if job.state != JobState.SUCCEEDED:
                     status = "KILLED" if job.state == JobState.CANCELLED else "FAILED"
                     admin.end_run(job.mlflow_run_id, status, job.error)
@@ -506,17 +514,18 @@ def create_app(settings: ApiSettings | None = None, queue: JobQueue | None = Non
 
 def _read_log(parts: list[Path], offset: int) -> bytes:
     """At most LOG_CHUNK bytes from `offset` of the parts taken as one file."""
+    data = b""
     for path in parts:
         try:
-            size = path.stat().st_size
-            if offset < size:
-                with open(path, "rb") as f:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if offset < size and len(data) < LOG_CHUNK:
                     f.seek(offset)
-                    return f.read(LOG_CHUNK)
-            offset -= size
+                    data += f.read(min(size - offset, LOG_CHUNK - len(data)))
         except FileNotFoundError:
             continue
-    return b""
+        offset = max(0, offset - size)
+    return data
 
 
 async def _read_submission(request: Request, max_code_bytes: int

@@ -57,6 +57,8 @@ class JobsClient:
             return None
         if refused := _refused(r):
             raise refused
+        if r.status_code == 409 and "TRAINER_WORKER_NAME" in r.text:  # another host's name
+            raise Refused(r.json().get("error"))
         if r.status_code == 409:  # the job could not start (rights); the API failed it
             print(f"[worker] {r.json().get('error')}", flush=True)
             return None

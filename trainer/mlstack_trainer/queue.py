@@ -340,8 +340,10 @@ class JobQueue:
         return rows[0] if rows else None
 
     def reap_expired(self) -> list[Job]:
-        """Jobs whose worker stopped heartbeating: requeued while retries remain (and no cancel
-        was asked for), otherwise failed. Returns them as they are now."""
+        """Jobs whose worker stopped heartbeating, or whose worker's credential was revoked
+        (even by a claim or heartbeat that was on its way as it happened): requeued while
+        retries remain (and no cancel was asked for), otherwise failed. Returns them as they
+        are now."""
         return self._run(
             """UPDATE jobs SET
                    state = CASE WHEN attempts <= max_retries AND NOT cancel_requested
@@ -351,5 +353,7 @@ class JobQueue:
                    finished_at = CASE WHEN attempts <= max_retries AND NOT cancel_requested
                                       THEN NULL ELSE now() END,
                    worker = NULL, lease_expires_at = NULL
-               WHERE state = 'running' AND lease_expires_at < now()
+               WHERE state = 'running' AND (lease_expires_at < now() OR worker IN (
+                   SELECT i.name FROM worker_instances i JOIN worker_accounts a
+                   ON a.username = i.username WHERE a.revoked_at IS NOT NULL))
                RETURNING *""")

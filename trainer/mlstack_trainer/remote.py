@@ -75,15 +75,20 @@ class TensorBoardUploader:
             self._root = uri[len(ARTIFACT_ROOT):].strip("/")
         return self._root
 
-    def upload(self) -> int:
-        """Files new or grown since the last call; how many were sent."""
+    def upload(self, final: bool = False) -> int:
+        """Files new or grown since the last call; how many were sent. An event file only
+        grows and is sent whole each time: once past 1 MB it is sent again only when it has
+        grown by a quarter (or at the end), so a long job sends a few times its files' size,
+        not their size at every turn."""
         sent = 0
         for path in sorted(self.folder.rglob("*")):
             if path.is_symlink() or not path.is_file():
                 continue
             relative = path.relative_to(self.folder).as_posix()
             size = path.stat().st_size
-            if self.sent.get(relative) == size:
+            before = self.sent.get(relative)
+            if before == size or (not final and before is not None and before >= _CHUNK
+                                  and size < before * 1.25):
                 continue
             target = quote(f"{self._artifact_root()}/tensorboard/{relative}")
             with open(path, "rb") as data:
@@ -120,7 +125,7 @@ class Sender:
         self._stop.set()
         self._thread.join()
         self._try(self.log.send)
-        self._try(self.tensorboard.upload)
+        self._try(lambda: self.tensorboard.upload(final=True))
 
     def _loop(self) -> None:
         next_upload = time.monotonic() + self.tensorboard_every_s

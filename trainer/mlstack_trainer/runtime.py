@@ -349,13 +349,18 @@ def system_metrics(run_id: str):
     """Samples the machine into the run while the block runs. The job's own sampler, not the one
     mlflow.start_run() starts: the job's environment turns that one off (sandbox.py), so a
     script or MLflow Project continuing the run does not start a second one."""
-    monitor = JobSystemMetrics(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S,
-                               resume_logging=True)  # after a restart in the job's virtualenv
-    monitor.start()
+    try:
+        monitor = JobSystemMetrics(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S,
+                                   resume_logging=True)  # after a restart in the job's venv
+        monitor.start()
+    except Exception as error:  # noqa: BLE001 - metrics never fail the job
+        _logger.warning("system metrics are not sampled: %s", error)
+        monitor = None
     try:
         yield
     finally:
-        monitor.finish()
+        if monitor:
+            monitor.finish()
 
 
 def main() -> int:

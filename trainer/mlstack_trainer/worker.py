@@ -19,10 +19,13 @@ worker credential ends the running job at the next heartbeat.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +114,10 @@ class Worker:
             sandbox.hand_over(folders)
             env = sandbox.environment(claim, folders, s.platform_url, s.ca_file, s.gpus,
                                       s.pip_index_url, code)
-            fd = os.open(folders.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+            # A remote host's log is this attempt's alone (what it sends); the shared volume's
+            # holds every local attempt of the job.
+            truncate = os.O_TRUNC if s.remote else 0
+            fd = os.open(folders.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | truncate, 0o640)
             with os.fdopen(fd, "ab") as log:
                 os.fchown(log.fileno(), 0, sandbox.READERS_GID)  # the jobs API reads it
                 if claim["attempt"] > 1:
@@ -130,7 +136,11 @@ class Worker:
                 finally:
                     publisher.stop()
                     if sender:
-                        sender.stop()
+                        with self._lease_kept(job["id"]):  # the last upload may take a while
+                            sender.stop()
+                        # Sent: nothing of the job stays on this host.
+                        folders.log.unlink(missing_ok=True)
+                        shutil.rmtree(folders.published, ignore_errors=True)
         finally:
             sandbox.end(folders)  # raises SandboxBroken when the job outlived it
             sandbox.remove_home(folders.tensorboard, folders.uid)
@@ -170,6 +180,27 @@ class Worker:
             if time.monotonic() > deadline:
                 self._kill(process)
                 return "failed", f"timed out after {timeout_s} s (resources.timeout_seconds)"
+
+    @contextlib.contextmanager
+    def _lease_kept(self, job_id: int):
+        """Heartbeats while the block runs (with a client of its own: a session is not shared
+        between threads), so that a job which ended well is not reaped meanwhile."""
+        done, api = threading.Event(), JobsClient(self.settings)
+
+        def beat():
+            while not done.wait(self.timing.heartbeat_s):
+                try:
+                    api.heartbeat(job_id)
+                except Exception:  # noqa: BLE001 - lost or unreachable: the lease decides
+                    return
+
+        keeper = threading.Thread(target=beat, daemon=True, name="lease")
+        keeper.start()
+        try:
+            yield
+        finally:
+            done.set()
+            keeper.join()
 
     def _kill(self, process: subprocess.Popen) -> None:
         """TERM to the job's whole process group, KILL after a grace period."""
