@@ -65,9 +65,10 @@ class JobsClient:
         r.raise_for_status()
         return r.json()
 
-    def heartbeat(self, job_id: int) -> bool:
+    def heartbeat(self, job_id: int, timeout_s: float = 10) -> bool:
         """Renew the lease; True when a cancel was asked for. Raises LeaseLost."""
-        r = self._post(f"/worker/jobs/{job_id}/heartbeat", {"worker": self.name}, timeout=10)
+        r = self._post(f"/worker/jobs/{job_id}/heartbeat", {"worker": self.name},
+                       timeout=timeout_s)
         if r.status_code == 409:
             raise LeaseLost(r.json().get("error", "lease lost"))
         if refused := _refused(r):  # revoked: the job goes now, not when the lease runs out
