@@ -49,7 +49,7 @@ class LogSender:
 class TensorBoardUploader:
     """The worker's copy of the job's event files (tb_publish.Publisher: regular files only,
     links never followed) into the run's artifacts under tensorboard/, with the job's own
-    identity; a file again whenever it has grown."""
+    identity; a file again when it has grown (see upload)."""
 
     def __init__(self, claim: dict[str, Any], folder: Path, platform_url: str,
                  ca_file: Path | None):

@@ -39,8 +39,12 @@ def create(queue: JobQueue, admin: MlflowAdmin, name: str) -> str:
         raise SettingError(f"worker {name} exists already: `scripts/workers revoke {name}` "
                            "first to replace its credential")
     password = secrets.token_urlsafe(32)
-    admin.auth.create_user(account, password)
-    queue.add_worker_account(account)
+    queue.add_worker_account(account)  # first: a half-made worker is found by revoke
+    try:
+        admin.auth.create_user(account, password)
+    except Exception:
+        queue.revoke_worker_account(account)
+        raise
     return (f"worker {name}: created. Put these lines in the worker host's .env (the password "
             f"is shown this once):\nMLSTACK_WORKER_USERNAME={account}\n"
             f"MLSTACK_WORKER_PASSWORD={password}\n")
@@ -57,9 +61,12 @@ def revoke(queue: JobQueue, admin: MlflowAdmin, name: str) -> str:
             admin.delete_identity(job.identity)
             queue.clear_identity(job.id, job.identity)
     admin.delete_worker_account(account)
-    jobs = ", ".join(f"job {job.id}" for job in held) or "no job"
-    return (f"worker {name}: revoked ({account} deleted). It held {jobs}; its identity is "
-            "deleted, and the jobs API requeues or fails it within 10 s.\n")
+    done = f"worker {name}: revoked ({account} deleted)."
+    if not held:
+        return f"{done} It held no job.\n"
+    jobs = ", ".join(f"job {job.id}" for job in held)
+    return (f"{done} It held {jobs}: deleted its identity; the jobs API requeues or fails it "
+            "(per its retries) within 10 s.\n")
 
 
 def listing(queue: JobQueue) -> str:
