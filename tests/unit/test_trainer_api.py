@@ -532,12 +532,17 @@ def test_the_interactive_docs_load_nothing_from_other_sites(api):
 
 # --- workers on hosts of their own (scripts/workers) ---------------------------------------------
 
+def new_worker(api: TestClient, admin: MlflowAdmin, name: str) -> tuple[str, str]:
+    """scripts/workers create NAME: the credential from the lines it prints."""
+    printed = worker_accounts.create(api.app.state.queue, admin, name)
+    env = dict(line.split("=", 1) for line in printed.splitlines() if line.startswith("MLSTACK_"))
+    return env["MLSTACK_WORKER_USERNAME"], env["MLSTACK_WORKER_PASSWORD"]
+
+
 def test_a_created_worker_claims_and_once_revoked_is_refused_and_its_job_moves_on(
         api, mlflow_uri):
     queue, admin = api.app.state.queue, MlflowAdmin(mlflow_uri)
-    printed = worker_accounts.create(queue, admin, "gpu-box-1")
-    env = dict(line.split("=", 1) for line in printed.splitlines() if line.startswith("MLSTACK_"))
-    box = (env["MLSTACK_WORKER_USERNAME"], env["MLSTACK_WORKER_PASSWORD"])
+    box = new_worker(api, admin, "gpu-box-1")
     assert box[0] == "mlstack-worker-gpu-box-1" and len(box[1]) >= 32
     with pytest.raises(SettingError, match="exists already"):
         worker_accounts.create(queue, admin, "gpu-box-1")
@@ -629,9 +634,7 @@ def test_a_worker_credential_is_no_team_member(api):
 def test_a_claim_on_its_way_as_the_worker_is_revoked_is_reaped_at_the_next_sweep(
         api, mlflow_uri):
     queue, admin = api.app.state.queue, MlflowAdmin(mlflow_uri)
-    printed = worker_accounts.create(queue, admin, "gpu-box-2")
-    env = dict(line.split("=", 1) for line in printed.splitlines() if line.startswith("MLSTACK_"))
-    box = (env["MLSTACK_WORKER_USERNAME"], env["MLSTACK_WORKER_PASSWORD"])
+    box = new_worker(api, admin, "gpu-box-2")
     job = queued(api, ALICE, EXAMPLE.format(experiment="alice-race"))
     assert claim(api, worker="gpu-box-2-a", user=box).status_code == 200
     queue.revoke_worker_account(box[0])  # as the claim above was still on its way: no expiry

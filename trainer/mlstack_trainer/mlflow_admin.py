@@ -137,17 +137,17 @@ class MlflowAdmin:
     def delete_identity(self, identity: str) -> None:
         if not identity.startswith(JOB_IDENTITY_PREFIX):  # never a person's account
             raise ValueError(f"{identity!r} is not a job identity")
-        try:
-            self.auth.delete_user(identity)
-        except MlflowException as exc:
-            if not _missing_error(exc):
-                raise
+        self._delete_user(identity)
 
     def delete_worker_account(self, account: str) -> None:
         if not account.startswith(f"{LOCAL_WORKER_ACCOUNT}-"):  # never a person's account
             raise ValueError(f"{account!r} is not a remote worker's account")
+        self._delete_user(account)
+
+    def _delete_user(self, username: str) -> None:
+        """Gone, whether it was there or not."""
         try:
-            self.auth.delete_user(account)
+            self.auth.delete_user(username)
         except MlflowException as exc:
             if not _missing_error(exc):
                 raise

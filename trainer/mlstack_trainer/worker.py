@@ -76,14 +76,13 @@ class Worker:
     def run_once(self) -> bool:
         """Run one job if any is queued. True if one ran."""
         self._beat()
-        claimed_at = time.monotonic()  # the lease began no earlier than this
         claim = self.api.claim()
         if claim is None:
             return False
         job_id = claim["job"]["id"]
         broken = None
         try:
-            state, error = self.execute(claim, claimed_at)
+            state, error = self.execute(claim)
         except sandbox.SandboxBroken as exc:
             state, error, broken = "failed", f"the job outlived its end: {exc}", exc
         except Exception as exc:  # noqa: BLE001 - e.g. a full disk: fail the job, keep going
@@ -101,7 +100,7 @@ class Worker:
 
     # --- one job -----------------------------------------------------------------------------------
 
-    def execute(self, claim: dict[str, Any], claimed_at: float) -> tuple[str, str | None]:
+    def execute(self, claim: dict[str, Any]) -> tuple[str, str | None]:
         job = claim["job"]
         s = self.settings
         folders = sandbox.make_folders(job["id"], claim["attempt"], s.tb_root,
@@ -133,7 +132,7 @@ class Worker:
                                 s.platform_url, s.ca_file).start() if s.remote else None
                 try:
                     outcome = self._supervise(job["id"], timeout_s, claim["lease_seconds"],
-                                              process, renewed=claimed_at)
+                                              process)
                 finally:
                     publisher.stop()
                     if sender:
@@ -147,21 +146,18 @@ class Worker:
             sandbox.remove_home(folders.tensorboard, folders.uid)
         return outcome
 
-    def _supervise(self, job_id: int, timeout_s: int, lease_s: int, process: subprocess.Popen,
-                   renewed: float) -> tuple[str, str | None]:
-        """Heartbeats until the job ends. `renewed`: when the lease last began, by this
-        worker's clock (when the claim was sent)."""
+    def _supervise(self, job_id: int, timeout_s: int, lease_s: int,
+                   process: subprocess.Popen) -> tuple[str, str | None]:
         deadline = time.monotonic() + timeout_s
+        renewed = time.monotonic()
         # Stop the job while the lease certainly still holds by our clock, whatever the
-        # platform's clock says: after that it may already run again elsewhere. So nothing
-        # waits past `stop_by`, a heartbeat's own timeout included, and a job stopped for it
-        # gets only what is left of the lease to end before it is killed.
+        # platform's clock says: after that it may already run again elsewhere. So a heartbeat
+        # waits no longer than the lease lasts, and a job stopped for it gets only what is
+        # left of the lease to end before it is killed.
         margin_s = min(lease_s / 2, 15)
         while True:
-            stop_by = renewed + lease_s - margin_s
             try:
-                code = process.wait(timeout=max(0.1, min(self.timing.heartbeat_s,
-                                                         stop_by - time.monotonic())))
+                code = process.wait(timeout=self.timing.heartbeat_s)
             except subprocess.TimeoutExpired:
                 code = None
             if code is not None:
@@ -170,7 +166,8 @@ class Worker:
             self._beat()
             sent = time.monotonic()
             try:
-                cancel = self.api.heartbeat(job_id, timeout_s=max(1.0, min(10.0, stop_by - sent)))
+                cancel = self.api.heartbeat(
+                    job_id, timeout_s=min(10.0, max(1.0, renewed + lease_s - 1 - sent)))
                 renewed = sent  # the platform renewed it after we sent: a safe lower bound
             except LeaseLost as exc:
                 self._kill(process)
@@ -178,8 +175,8 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - unreachable for now; the lease decides
                 print(f"[worker] heartbeat for job {job_id} failed: {exc}", flush=True)
                 cancel = False
-                if time.monotonic() >= stop_by:
-                    self._kill(process, grace_s=renewed + lease_s - time.monotonic() - 1)
+                if time.monotonic() - renewed > lease_s - margin_s:
+                    self._kill(process, grace_s=renewed + lease_s - 1 - time.monotonic())
                     return "lost", "could not renew the lease: the platform was unreachable"
             if cancel:
                 self._kill(process)
