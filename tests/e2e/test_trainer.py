@@ -292,6 +292,21 @@ def test_a_worker_credential_works_through_the_front_door_until_revoked(stack: S
     assert "credentials not used yet: mlstack-worker-e2e-box" in listed, listed
     assert " mlstack-worker " in listed, listed  # the local workers, with their last call
 
+    # What the credential may not do: act as a team member, speak for another credential's
+    # worker process or take its name, send a log part over 1 MB.
+    r = box.get(f"{api}/jobs")
+    assert r.status_code == 403 and "only claims jobs" in r.json()["error"], r.text
+    local = next(line.split()[0] for line in listed.splitlines()
+                 if line.split()[1:2] == ["mlstack-worker"])
+    r = box.post(f"{api}/worker/jobs/999999/heartbeat", json={"worker": local})
+    assert r.status_code == 403 and "is not mlstack-worker-e2e-box's" in r.text, r.text
+    r = box.post(f"{api}/worker/claim", json={"worker": local, "gpus": 0, "api_version": "1",
+                                              "image": "stolen"})
+    assert r.status_code == 409 and "belongs to another worker account" in r.text, r.text
+    r = box.post(f"{api}/worker/jobs/999999/log", data=b"x" * (2 << 20),
+                 params={"worker": "e2e-box-1", "attempt": 1, "offset": 0})
+    assert r.status_code == 413, r.text
+
     revoked = stack.script("workers", "revoke", "e2e-box").stdout
     assert "revoked" in revoked and "It held no job" in revoked, revoked
     r = box.post(f"{api}/worker/jobs/999999/heartbeat", json={"worker": "e2e-box-1"})
