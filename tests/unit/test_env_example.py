@@ -1,7 +1,7 @@
 """Every setting the compose files read is documented in their example .env, with the same
 default: an operator reading .env.example learns exactly what an empty .env gives. The
-platform's files go with .env.example; a worker host's (docker-compose.worker.yml, with the
-GPU overlay) with .env.worker.example."""
+platform's files (and its Swarm stack file) go with .env.example; a worker host's
+(docker-compose.worker.yml, with the GPU overlay) with .env.worker.example."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ ROOT = Path(__file__).resolve().parents[2]
 # ${NAME}, ${NAME:-default} or ${NAME-default} in the compose files; ${NAME:?why}, required.
 VARIABLE = re.compile(r"\$\{([A-Z][A-Z0-9_]*)(?::?-([^}]*)|:\?[^}]*)?\}")
 EXAMPLES = {
-    ".env.example": ("docker-compose.yml", "docker-compose.gpu.yml"),
+    ".env.example": ("docker-compose.yml", "docker-compose.gpu.yml", "docker-stack.yml"),
     ".env.worker.example": ("docker-compose.worker.yml", "docker-compose.gpu.yml"),
 }
+# Set by scripts/swarm deploy for docker-stack.yml: names of Swarm secrets and configs.
+DEPLOY_NAMES = ("MLSTACK_SECRET_", "MLSTACK_CONFIG_")
 # NAME=value, also commented out (# NAME=value) for settings that are empty by default.
 SETTING = re.compile(r"^#?\s*([A-Z][A-Z0-9_]*)=(.*)$")
 
@@ -27,13 +29,15 @@ def compose_defaults(example: str) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for name in EXAMPLES[example]:
         for variable, default in VARIABLE.findall((ROOT / name).read_text()):
+            if variable.startswith(DEPLOY_NAMES):
+                continue
             found.setdefault(variable, set()).add(default)
     return found
 
 
 def test_every_compose_file_has_its_example():
     assert {f for files in EXAMPLES.values() for f in files} == {
-        p.name for p in ROOT.glob("docker-compose*.yml")}
+        p.name for p in [*ROOT.glob("docker-compose*.yml"), *ROOT.glob("docker-stack*.yml")]}
 
 
 def documented(example: str) -> dict[str, str]:
