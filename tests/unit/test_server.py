@@ -1,4 +1,8 @@
 import configparser
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -66,3 +70,34 @@ def test_cors_allows_the_platforms_own_origins_only(config):
     assert should_block_cors_request("https://ml.example:9999", "POST", origins)
     assert should_block_cors_request("https://evil.example", "POST", origins)
     assert should_block_cors_request("https://ml.example.evil.example", "POST", origins)
+
+
+# A server that notes when it is told to stop.
+FAKE_SERVER = """
+import signal, sys, time
+def stop(*_):
+    print("server stopped", round(time.monotonic(), 2), flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+print("server up", flush=True)
+time.sleep(60)
+"""
+
+DRAINING = """
+import sys
+from mlstack_platform.server import serve_then_drain
+sys.exit(serve_then_drain([sys.executable, "-c", sys.argv[1]], {}, 1.5))
+"""
+
+
+def test_a_replica_told_to_stop_keeps_serving_for_the_drain_then_stops_its_server():
+    wrapper = subprocess.Popen([sys.executable, "-c", DRAINING, FAKE_SERVER],
+                               stdout=subprocess.PIPE, text=True)
+    assert wrapper.stdout.readline().strip() == "server up"
+    wrapper.send_signal(signal.SIGTERM)
+    told = time.monotonic()
+    line = wrapper.stdout.readline()
+    assert line.startswith("[mlstack] stopping: serving 1.5 s more")
+    stopped_at = float(wrapper.stdout.readline().split()[-1])
+    assert stopped_at - told >= 1.4  # still serving during the drain
+    assert wrapper.wait(timeout=10) == 0

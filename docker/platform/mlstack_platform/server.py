@@ -6,6 +6,10 @@ from __future__ import annotations
 import configparser
 import os
 import shlex
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from . import settings
@@ -96,4 +100,32 @@ def command_and_env(config: PlatformConfig) -> tuple[list[str], dict[str, str]]:
 
 def exec_server(config: PlatformConfig) -> None:
     command, env = command_and_env(config)
-    os.execvpe(command[0], command, {**os.environ, **env})
+    drain_s = settings.integer("MLSTACK_DRAIN_SECONDS", 0, minimum=0, maximum=300)
+    if drain_s == 0:
+        os.execvpe(command[0], command, {**os.environ, **env})
+    sys.exit(serve_then_drain(command, {**os.environ, **env}, drain_s))
+
+
+def serve_then_drain(command: list[str], env: dict[str, str], drain_s: float) -> int:
+    """One of several replicas (Swarm): told to stop, the server keeps serving for drain_s
+    before gunicorn's own graceful stop. Swarm has already taken the replica out of its DNS
+    by then, and nginx, which re-resolves every 10 s, stops sending to it meanwhile: a request
+    on its way is never cut off (gunicorn closing a kept-alive connection that nginx has just
+    reused would answer a POST with 502)."""
+    server = subprocess.Popen(command, env=env)
+    stopping: list[float] = []
+
+    def stop(signum, _frame):
+        if not stopping:
+            print(f"[mlstack] stopping: serving {drain_s:g} s more while nginx moves to the "
+                  "other replicas", flush=True)
+            stopping.append(time.monotonic() + drain_s)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while server.poll() is None:
+        if stopping and time.monotonic() >= stopping[0]:
+            server.send_signal(signal.SIGTERM)
+            return server.wait()
+        time.sleep(0.2)
+    return server.returncode
