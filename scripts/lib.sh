@@ -78,6 +78,19 @@ STATE_VOLUMES=(postgres-data minio-data secrets ca tls postgres-secrets minio-se
 # shellcheck disable=SC2034 # used by the scripts that source this file
 DATABASES=(mlflow:mlflow mlflow_auth:mlflow trainer:trainer)
 
+# exec_in SERVICE ARGS...: a command in the running SERVICE: the compose project's container
+# or, on Docker Swarm, the stack's task on this node (README, "The platform on Docker Swarm").
+exec_in() {
+  local service=$1 task
+  shift
+  if running "$service"; then compose exec -T "$service" "$@"; return; fi
+  task=$(docker ps -q --filter \
+    "label=com.docker.swarm.service.name=$(setting MLSTACK_STACK_NAME mlstack)_$service" | head -n 1)
+  [[ -n $task ]] || die "the $service service is not running here: start the platform with" \
+    "'docker compose up -d --wait' (on Docker Swarm: run this on the node that runs $service)"
+  docker exec -i "$task" "$@"
+}
+
 # on_job_files COMMAND ARGS...: runs in a one-off trainer container with the shared job volumes
 # (tb-logs, job-logs). The worker lacks DAC_OVERRIDE so that it cannot read what jobs own; an
 # operator's restore or gc must reach every job's files, so this one-off has it.

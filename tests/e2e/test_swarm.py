@@ -257,3 +257,67 @@ def test_a_rotated_secret_reaches_the_services_with_the_next_deploy(swarm, admin
         assert len([n for n in names if n.startswith(f"{stack.project}_admin_password_")]) == 1
     finally:
         stack.settings.pop("MLSTACK_ADMIN_PASSWORD")
+
+
+def test_scripts_workers_makes_a_worker_credential_on_the_data_node(swarm):
+    """A GPU host joins a Swarm platform as it joins a compose one (README)."""
+    stack, _ = swarm
+    created = stack.script("workers", "create", "swarm-box").stdout
+    env = dict(line.split("=", 1) for line in created.splitlines()
+               if line.startswith("MLSTACK_WORKER_"))
+    box = stack.session(env["MLSTACK_WORKER_USERNAME"], env["MLSTACK_WORKER_PASSWORD"])
+    api = f"{stack.base_url}/trainer/api"
+    r = box.post(f"{api}/worker/claim", json={"worker": "swarm-box-1", "gpus": 0,
+                                              "api_version": "1", "image": "mlstack/trainer"})
+    assert r.status_code == 204, r.text  # a worker's call, answered: no job queued
+    assert box.get(f"{api}/jobs").status_code == 403  # and nothing a team member may do
+    stack.script("workers", "revoke", "swarm-box")
+    refused = box.post(f"{api}/worker/claim", json={
+        "worker": "swarm-box-1", "gpus": 0, "api_version": "1", "image": "mlstack/trainer"})
+    assert refused.status_code in (401, 403), refused.text  # 403 until login caches expire
+
+
+# A teammate's curious job on the stack's own worker: its own metric works; the worker's
+# credential (a Swarm secret here, not compose's volume) and the stores stay out of reach.
+CURIOUS_JOB = """
+import json, socket, mlflow
+
+def attempt(action):
+    try:
+        action()
+        return "ALLOWED"
+    except Exception as exc:
+        return f"refused: {type(exc).__name__}"
+
+def connect(host, port):
+    socket.create_connection((host, port), timeout=5).close()
+
+mlflow.log_metric("accuracy", 0.75)
+print("PROBES " + json.dumps({
+    "worker credential": attempt(lambda: open("/run/secrets/mlstack-worker/worker_mlflow_password").read()),
+    "postgres": attempt(lambda: connect("postgres", 5432)),
+    "mlflow direct": attempt(lambda: connect("mlflow", 5000)),
+}), flush=True)
+"""
+
+
+def test_a_job_runs_on_the_stacks_worker_and_cannot_read_its_credential(swarm, nadia, tmp_path):
+    from .test_trainer import mlstack, wait_for_job
+
+    stack, _ = swarm
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "curious.py").write_text(CURIOUS_JOB)
+    spec = tmp_path / "job.yaml"
+    spec.write_text("name: curious\nexperiment: nadia-swarm\nentrypoint: script:curious.py\n")
+    submitted = mlstack(stack, nadia, "submit", str(spec), "--code", str(tmp_path / "code"))
+    assert submitted.returncode == 0, submitted.stderr
+    job = wait_for_job(stack, nadia, int(submitted.stdout.strip()))
+    log = mlstack(stack, nadia, "logs", str(job["id"])).stdout
+    assert job["state"] == "succeeded", log[-3000:]
+    probes = json.loads(next(line.split(" ", 1)[1] for line in log.splitlines()
+                             if line.startswith("PROBES ")))
+    assert all(outcome.startswith("refused") for outcome in probes.values()), probes
+    assert probes["worker credential"] == "refused: PermissionError"
+    run = stack.session(*nadia).get(f"{stack.base_url}/api/2.0/mlflow/runs/get",
+                                    params={"run_id": job["mlflow_run_id"]}).json()["run"]
+    assert {m["key"]: m["value"] for m in run["data"]["metrics"]}["accuracy"] == 0.75

@@ -182,3 +182,12 @@ def test_docker_stack_config_accepts_the_stack_file_and_asks_for_the_secrets_nam
     accepted = subprocess.run(stack_config, env=env, capture_output=True, text=True)
     assert accepted.returncode == 0, accepted.stderr
     assert yaml.safe_load(accepted.stdout)["services"]["mlflow"]["deploy"]["replicas"] == 2
+
+
+def test_the_same_networks_internal_where_compose_has_them_and_encrypted_between_nodes():
+    compose_networks = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["networks"]
+    assert set(STACK_FILE["networks"]) == set(compose_networks)
+    for name, network in STACK_FILE["networks"].items():
+        assert network.get("internal", False) == (compose_networks[name] or {}).get(
+            "internal", False), name
+        assert network["driver"] == "overlay" and "encrypted" in network["driver_opts"], name
