@@ -37,8 +37,19 @@ want_help() { for arg in "$@"; do [[ $arg == -h || $arg == --help ]] && return 0
 running() { require_tools; [[ -n $(compose ps --status running -q "$1" 2>/dev/null) ]]; } # SERVICE
 
 require_running() { # SERVICE
-  running "$1" \
-    || die "the $1 service is not running: start the platform with 'docker compose up -d --wait'"
+  running "$1" && return 0
+  refuse_on_swarm
+  die "the $1 service is not running: start the platform with 'docker compose up -d --wait'"
+}
+
+# The compose scripts on a node of a Swarm stack (same volume names as compose): say so,
+# rather than offer to start a second platform on its volumes.
+refuse_on_swarm() {
+  local stack
+  stack=$(setting MLSTACK_STACK_NAME mlstack)
+  [[ -z $(docker ps -q --filter "label=com.docker.stack.namespace=$stack" | head -n 1) ]] \
+    || die "the platform runs here as Docker Swarm stack '$stack': scripts/$(basename "$0") works" \
+      "with docker compose only; see README, \"The platform on Docker Swarm\" (scripts/swarm)"
 }
 
 # setting NAME DEFAULT: NAME from the environment, else its last assignment in .env, else

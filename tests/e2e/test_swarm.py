@@ -16,9 +16,11 @@ import time
 
 import pytest
 
+from . import conftest
 from .stack import Stack, docker
 from .test_tensorboard import laptop_run, scalars
 
+VERSION = "swarm-e2e"
 # MLflow's REST API: what an admin uses on Swarm to add a team member (scripts/users needs
 # compose).
 USERS_CREATE = "/api/2.0/mlflow/users/create"
@@ -85,6 +87,10 @@ def swarm():
         "MLSTACK_STACK_NAME": name,
         "MLFLOW_REPLICAS": "2",
         "MLSTACK_SWARM_WAIT_SECONDS": "600",
+        # Swarm publishes on every address (scripts/swarm refuses another bind address).
+        "MLSTACK_BIND_ADDRESS": "0.0.0.0",
+        # Images of their own tag: the upgrade test rebuilds one.
+        "MLSTACK_VERSION": VERSION,
         # Two replicas of two workers: 2 x 2 x 21 + 20 connections fit the default 200.
     })
     started = swarm_state() != "active"
@@ -92,6 +98,7 @@ def swarm():
         start_swarm()
     labels_before = node_labels()
     failed = False
+    ran_before = conftest._failed
     try:
         stack.compose("build", "--quiet", timeout=1800)
         stack.script("swarm", "secrets")
@@ -102,9 +109,11 @@ def swarm():
         failed = True
         raise
     finally:
-        if failed or os.environ.get("MLSTACK_E2E_DIAGNOSTICS"):
+        if failed or conftest._failed != ran_before or os.environ.get("MLSTACK_E2E_DIAGNOSTICS"):
             print(diagnostics(stack, name))
         remove_stack(stack, name)
+        for image in ("platform", "tensorboard", "trainer"):
+            subprocess.run(["docker", "rmi", f"mlstack/{image}:{VERSION}"], capture_output=True)
         if started:
             subprocess.run(["docker", "swarm", "leave", "--force"], capture_output=True)
         else:
@@ -321,3 +330,24 @@ def test_a_job_runs_on_the_stacks_worker_and_cannot_read_its_credential(swarm, n
     run = stack.session(*nadia).get(f"{stack.base_url}/api/2.0/mlflow/runs/get",
                                     params={"run_id": job["mlflow_run_id"]}).json()["run"]
     assert {m["key"]: m["value"] for m in run["data"]["metrics"]}["accuracy"] == 0.75
+
+
+def test_a_rebuilt_image_rolls_its_service_on_the_next_deploy(swarm, tmp_path):
+    """After `git pull` and `docker compose build` the tag is the same: deploy still updates."""
+    stack, _ = swarm
+    image = f"mlstack/tensorboard:{VERSION}"
+    (tmp_path / "Dockerfile").write_text(f"FROM {image}\nLABEL mlstack.test=rebuilt\n")
+    docker("build", "-q", "-t", image, str(tmp_path))
+    rebuilt = docker("image", "inspect", "--format", "{{.Id}}", image).strip()
+    stack.script("swarm", "deploy", timeout=900)
+    running = tasks(stack.project, "tensorboard")
+    assert len(running) == 1
+    assert docker("inspect", "--format", "{{.Image}}", running[0]).strip() == rebuilt
+
+
+def test_the_compose_scripts_say_they_do_not_work_on_a_stack(swarm):
+    stack, _ = swarm
+    for script, *args in (("users", "list"), ("backup",), ("status",)):
+        result = stack.script(script, *args, check=False)
+        assert result.returncode == 1, result.stdout
+        assert f"runs here as Docker Swarm stack '{stack.project}'" in result.stderr, result.stderr

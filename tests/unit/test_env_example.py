@@ -19,8 +19,9 @@ EXAMPLES = {
     ".env.example": ("docker-compose.yml", "docker-compose.gpu.yml", "docker-stack.yml"),
     ".env.worker.example": ("docker-compose.worker.yml", "docker-compose.gpu.yml"),
 }
-# Set by scripts/swarm deploy for docker-stack.yml: names of Swarm secrets and configs.
-DEPLOY_NAMES = ("MLSTACK_SECRET_", "MLSTACK_CONFIG_")
+# Set by scripts/swarm deploy for docker-stack.yml: names of Swarm secrets and configs,
+# image IDs, whether .env sets the admin password.
+DEPLOY_NAMES = ("MLSTACK_SECRET_", "MLSTACK_CONFIG_", "MLSTACK_DEPLOY_")
 # NAME=value, also commented out (# NAME=value) for settings that are empty by default.
 SETTING = re.compile(r"^#?\s*([A-Z][A-Z0-9_]*)=(.*)$")
 

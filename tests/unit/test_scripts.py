@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-NAMES = ["backup", "ca-cert", "credentials", "gc", "restore", "status", "upgrade", "users",
-         "workers"]
+NAMES = ["backup", "ca-cert", "credentials", "gc", "restore", "status", "swarm", "upgrade",
+         "users", "workers"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -37,6 +37,7 @@ def test_every_script_is_listed_here():
     (("restore", "/nonexistent/backup"), "no such folder: /nonexistent/backup"),
     (("status", "extra"), "unknown argument 'extra'"),
     (("upgrade", "--fast"), "unknown argument '--fast'"),
+    (("swarm", "launch"), "unknown command 'launch'"),
 ])
 def test_a_mistake_is_named(args, message):
     result = run(*args)

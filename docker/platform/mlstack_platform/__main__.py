@@ -38,11 +38,11 @@ def run_secrets(config: PlatformConfig) -> None:
     # and the CA certificate that certifies the front door's internal name.
     for service, names in secrets_store.SERVICE_SECRETS.items():
         secrets_store.copy(names, settings.SECRETS_DIR, settings.SERVICE_SECRETS_ROOT / service)
-    secrets_store.copy(("trainer_db_password", "trainer_mlflow_password"),
-                       settings.SECRETS_DIR, settings.TRAINER_SECRETS_DIR)
-    secrets_store.copy(("worker_mlflow_password",), settings.SECRETS_DIR,
+    secrets_store.copy(secrets_store.TRAINER_API_SECRETS, settings.SECRETS_DIR,
+                       settings.TRAINER_SECRETS_DIR)
+    secrets_store.copy(secrets_store.WORKER_SECRETS, settings.SECRETS_DIR,
                        settings.WORKER_SECRETS_DIR, mode=0o640)
-    secrets_store.copy(("tensorboard_db_password",), settings.SECRETS_DIR,
+    secrets_store.copy(secrets_store.TENSORBOARD_SECRETS, settings.SECRETS_DIR,
                        settings.TENSORBOARD_SECRETS_DIR)
     # The volumes' own modes, whichever image's mount point Docker copied them from first (the
     # trainer and the platform image both have these folders): jobs must not even list them.
@@ -147,7 +147,9 @@ def run_init(config: PlatformConfig) -> None:
 
     store = users.open_store(config.db_uri(config.auth_db))
     admin = settings.secret("admin_username")
-    enforce = bool(os.environ.get("MLSTACK_ADMIN_PASSWORD", "").strip())  # set in .env
+    # Set in .env: under compose init sees the value; on Swarm only that it is set.
+    enforce = (bool(os.environ.get("MLSTACK_ADMIN_PASSWORD", "").strip())
+               or os.environ.get("MLSTACK_ADMIN_PASSWORD_SET") == "1")
     state = users.ensure_admin(store, admin, settings.secret("admin_password"), enforce)
     log(f"admin user {admin}: {state}")
     # The jobs API's account: an admin, because it mints and deletes job identities and

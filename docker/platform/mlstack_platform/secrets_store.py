@@ -106,6 +106,14 @@ SERVICE_SECRETS = {
 }
 
 
+# The jobs API's two (its queue's database role, the MLflow admin account that mints job
+# identities), the local workers' credential, TensorBoard's database role: in folders of
+# their own (settings.TRAINER_SECRETS_DIR, WORKER_SECRETS_DIR, TENSORBOARD_SECRETS_DIR).
+TRAINER_API_SECRETS = ("trainer_db_password", "trainer_mlflow_password")
+WORKER_SECRETS = ("worker_mlflow_password",)
+TENSORBOARD_SECRETS = ("tensorboard_db_password",)
+
+
 def copy(names: tuple[str, ...], source: Path, target: Path, mode: int = 0o600) -> None:
     """Copy some secrets into another volume (for a service that must not see the rest).
     `mode` 0o640 lets the volume's group (10001) read them: the trainer worker runs as root
