@@ -341,3 +341,17 @@ def test_secrets_and_data_survive_a_full_restart(stack: Stack, admin, alice):
     versions = s.get(f"{stack.base_url}/api/2.0/mlflow/registered-models/get",
                      params={"name": "alice-doubler"})
     assert versions.status_code == 200
+
+
+def test_an_experiment_a_user_just_created_is_theirs_at_once(stack: Stack, alice):
+    """Creating grants its creator MANAGE; the very next request, on whichever MLflow worker,
+    honours it (each worker's memory of grants hears of the change a moment later:
+    auth_cache.confirm_refusals). Once failed in CI as a 403 from MLflow's own client."""
+    s = stack.session(*alice)
+    for attempt in range(30):
+        created = s.post(f"{stack.base_url}/api/2.0/mlflow/experiments/create",
+                         json={"name": f"alice-at-once-{attempt}"})
+        assert created.status_code == 200, created.text
+        got = s.get(f"{stack.base_url}/api/2.0/mlflow/experiments/get",
+                    params={"experiment_id": created.json()["experiment_id"]})
+        assert got.status_code == 200, (attempt, got.text)

@@ -168,3 +168,29 @@ def test_threads_checking_one_credential_take_turns_and_others_do_not_wait():
         t.join(5)
     assert order == ["other", "first", "same"]
     assert not verifying._held  # nothing kept once everyone is through
+
+
+def test_a_refusal_from_memory_is_checked_against_the_database_before_it_is_sent():
+    """A grant made a moment ago on another worker, whose notification has not arrived: the
+    refusal the stale memory gives is not sent; the database's answer is, and is kept."""
+    from flask import Flask, Response
+
+    invalidations = auth_cache.Invalidations(connect=_refuse)
+    invalidations._pid, invalidations._listening = __import__("os").getpid(), True  # listening
+    grants = auth_cache.Cache(invalidations, "permissions")
+    database = {"ada": ()}
+    assert grants.get("ada", lambda: database["ada"]) == ()  # remembered: no grant
+    database["ada"] = ("EDIT on experiment 7",)  # granted; no notification yet
+    hook_calls = []
+
+    def mlflow_hook():
+        hook_calls.append(1)
+        return None if grants.get("ada", lambda: database["ada"]) else Response(status=403)
+
+    with Flask(__name__).test_request_context():
+        assert auth_cache.confirm_refusals(mlflow_hook)() is None  # allowed
+        assert len(hook_calls) == 2
+        assert grants.get("ada", lambda: ()) == ("EDIT on experiment 7",)  # memory refreshed
+        database["ada"] = ()  # revoked, and this time nothing grants it back
+        invalidations._changed(listening=True, kinds={"permissions"})
+        assert auth_cache.confirm_refusals(mlflow_hook)().status_code == 403

@@ -238,6 +238,8 @@ def create_app(app: Flask | None = None):
     permission_cache.install(auth)
     wrapped = auth.create_app(flask_app)
     auth_cache.install(auth, login)  # (auth.store is open now)
+    hooks = flask_app.before_request_funcs[None]
+    hooks[hooks.index(auth._before_request)] = auth_cache.confirm_refusals(auth._before_request)
     artifact_download.install(flask_app)
     # After MLflow's own before-request hooks: the caller is authenticated by then.
     flask_app.before_request(_check_model_version_source)

@@ -15,10 +15,17 @@ takes to arrive).
 Until that thread is listening (at start, after losing its connection, or with an auth database
 that is not PostgreSQL, as in the unit tests), nothing is served from the cache: every read goes
 to the database.
+
+Those milliseconds matter to one who has just changed something: a user who creates an
+experiment (and with it a grant) and reads it at once may reach a worker that has not heard
+yet. So a refusal (403, or 429 for a block) is never sent on the cache's word alone:
+`confirm_refusals` asks the database again first. An allow from memory stands.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import select
@@ -126,6 +133,38 @@ class Invalidations:
             conn.close()
 
 
+_fresh = threading.local()
+
+
+@contextlib.contextmanager
+def fresh_reads():
+    """Every cached read in this block (this thread) goes to the database, and refreshes the
+    cache with what it found."""
+    _fresh.on = True
+    try:
+        yield
+    finally:
+        _fresh.on = False
+
+
+def confirm_refusals(hook: Callable[[], Any]) -> Callable[[], Any]:
+    """MLflow's before-request hook, with a refusal from memory checked against the database.
+    Not a 401: a wrong password is recorded as a failed login once, and the cache cannot make
+    a right one fail (it keeps no 'no such user')."""
+    from flask import g
+
+    @functools.wraps(hook)
+    def checked():
+        response = hook()
+        if response is None or response.status_code not in (403, 429):
+            return response
+        if response.status_code == 429:
+            g.pop("mlstack_login", None)  # login.authenticate's answer for this request
+        with fresh_reads():
+            return hook()
+    return checked
+
+
 class Cache:
     """Values loaded by key, each valid while the generation it was loaded in is current."""
 
@@ -140,11 +179,12 @@ class Cache:
         generation = self._invalidations.generation(self._kind)
         if generation is None:
             return load()
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None and entry[0] == generation:
-                self._entries.move_to_end(key)
-                return entry[1]
+        if not getattr(_fresh, "on", False):
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is not None and entry[0] == generation:
+                    self._entries.move_to_end(key)
+                    return entry[1]
         value = load()
         with self._lock:
             self._entries[key] = (generation, value)
