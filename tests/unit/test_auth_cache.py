@@ -194,3 +194,13 @@ def test_a_refusal_from_memory_is_checked_against_the_database_before_it_is_sent
         database["ada"] = ()  # revoked, and this time nothing grants it back
         invalidations._changed(listening=True, kinds={"permissions"})
         assert auth_cache.confirm_refusals(mlflow_hook)().status_code == 403
+
+
+def test_a_confirmation_that_is_no_answer_keeps_the_refusal():
+    """MLflow answers 404 for a user deleted a moment ago whom its own credential cache still
+    lets in; nginx's auth check would turn that into a 500. The refusal stands."""
+    from flask import Flask, Response
+
+    answers = iter([Response(status=403), Response(status=404)])
+    with Flask(__name__).test_request_context():
+        assert auth_cache.confirm_refusals(lambda: next(answers))().status_code == 403

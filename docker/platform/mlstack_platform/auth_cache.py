@@ -161,7 +161,13 @@ def confirm_refusals(hook: Callable[[], Any]) -> Callable[[], Any]:
         if response.status_code == 429:
             g.pop("mlstack_login", None)  # login.authenticate's answer for this request
         with fresh_reads():
-            return hook()
+            confirmed = hook()
+        # The database's answer when it is one (an allow, or a refusal). Not MLflow's 404 for
+        # a user deleted a moment ago that its own credential cache still lets in: the
+        # refusal from memory stands (the front door's auth check takes 401 and 403 alone).
+        if confirmed is None or confirmed.status_code in (401, 403, 429):
+            return confirmed
+        return response
     return checked
 
 
