@@ -351,3 +351,29 @@ def test_the_compose_scripts_say_they_do_not_work_on_a_stack(swarm):
         result = stack.script(script, *args, check=False)
         assert result.returncode == 1, result.stdout
         assert f"runs here as Docker Swarm stack '{stack.project}'" in result.stderr, result.stderr
+
+
+def test_each_running_service_holds_only_its_own_secrets(swarm):
+    """From inside each container, as a process there would look: the store's other secrets,
+    the admin password above all, are nowhere but in init (a job that has ended)."""
+    stack, _ = swarm
+    folders = "/var/lib/mlstack/secrets /var/lib/mlstack/trainer-secrets " \
+              "/var/lib/mlstack/tensorboard-secrets /run/secrets /etc/nginx/tls"
+    expected = {
+        "postgres": {"postgres_password"},
+        "minio": {"minio_root_user", "minio_root_password"},
+        "mlflow": {"mlflow_db_password", "s3_access_key", "s3_secret_key", "flask_secret_key",
+                   "admin_username"},
+        "janitor": {"mlflow_db_password", "s3_access_key", "s3_secret_key"},
+        "tensorboard": {"tensorboard_db_password"},
+        "trainer-api": {"trainer_db_password", "trainer_mlflow_password", "public_origins"},
+        "trainer": {"worker_mlflow_password", "ca.crt"},
+    }
+    for service, files in expected.items():
+        container = tasks(stack.project, service)[0]
+        found = docker("exec", container, "sh", "-c",
+                       f"find {folders} -type f 2>/dev/null || true").split()
+        assert {f.rsplit("/", 1)[1] for f in found} == files, (service, found)
+    nginx = docker("exec", tasks(stack.project, "nginx")[0], "sh", "-c",
+                   f"find {folders} -type f 2>/dev/null || true")
+    assert "admin_password" not in nginx and "postgres_password" not in nginx
