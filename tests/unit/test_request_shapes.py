@@ -65,3 +65,19 @@ def test_well_formed_requests_are_untouched(mlstack_app):
     r = requests.post(f"{app['uri']}/graphql", auth=ALICE, timeout=30, json={
         "query": f'{{ mlflowGetRun(input: {{runId: "{run_id}"}}) {{ run {{ info {{ runId }} }} }} }}'})
     assert r.status_code == 200 and run_id in r.text
+
+
+def test_the_body_this_check_parses_is_the_one_mlflow_reads(monkeypatch):
+    """A log-batch of 1000 metrics is parsed once: MLflow's handler and validators take the
+    check's parse from Flask's cache instead of decoding the body again."""
+    from flask import Flask, request
+
+    from mlstack_platform import request_shapes
+
+    app = Flask(__name__)
+    app.add_url_rule("/api/2.0/mlflow/runs/log-batch", "log_batch", lambda: "", methods=["POST"])
+    body = {"run_id": "r", "metrics": [{"key": "m", "value": 1.0, "timestamp": 1, "step": 0}]}
+    with app.test_request_context("/api/2.0/mlflow/runs/log-batch", method="POST", json=body):
+        request_shapes.check()
+        monkeypatch.setattr(app.json, "loads", lambda *a, **k: pytest.fail("parsed twice"))
+        assert request.get_json(force=True, silent=True) == body  # as MLflow asks for it
