@@ -163,9 +163,9 @@ def test_the_jobs_credentials_stop_working_when_it_ends(stack: Stack, hostile_jo
     def search():
         return stack.session(*identity).get(f"{stack.base_url}/api/2.0/mlflow/experiments/search",
                                              params={"max_results": 1})
-    # The identity is deleted as the job ends: from then on it reads nothing. (MLflow keeps a
-    # checked password for MLFLOW_AUTH_CACHE_TTL_SECONDS, 10 s: until that runs out, the
-    # deleted user's requests fail in its permission lookup, 500, rather than at login, 401.)
+    # The identity is deleted as the job ends: from then on it reads nothing. (nginx believes
+    # an accepted credential for 4 s: until then the deleted user's requests may fail in
+    # MLflow's permission lookup rather than at nginx's login check, 401.)
     assert search().status_code != 200
     stack.wait_for("the deleted identity to be refused at login",
                    lambda: search().status_code == 401, timeout_s=15, every_s=1)

@@ -5,6 +5,7 @@ listen to, every read goes to the database."""
 
 from __future__ import annotations
 
+import hmac
 import threading
 import time
 import types
@@ -39,6 +40,36 @@ class Counting:
         return self.fn(*args)
 
 
+class MlflowsCredentialCache:
+    """MLflow's `_authenticate_cached` and its helpers (mlflow/server/auth/__init__.py), whose
+    module-level store cannot be this test's: good credentials kept for a TTL (here, until
+    dropped), the password hashed by the store's `authenticate_user` otherwise."""
+
+    def __init__(self, store):
+        self.store, self.kept = store, {}
+
+    def _auth_cache_key(self, username, password):
+        return username, hmac.new(b"per-process key", password.encode(), "sha256").digest()
+
+    def _authenticate_cached(self, username, password):
+        key = self._auth_cache_key(username, password)
+        if key not in self.kept:
+            if not self.store.authenticate_user(username, password):
+                return None
+            self.kept[key] = self.store.get_user(username)
+        return self.kept[key]
+
+    def _invalidate_user_auth_cache(self, username):
+        self.kept = {k: v for k, v in self.kept.items() if k[0] != username}
+
+
+def as_mlflows_auth(store) -> types.SimpleNamespace:
+    mlflows = MlflowsCredentialCache(store)
+    return types.SimpleNamespace(store=store, _auth_cache_key=mlflows._auth_cache_key,
+                                 _authenticate_cached=mlflows._authenticate_cached,
+                                 _invalidate_user_auth_cache=mlflows._invalidate_user_auth_cache)
+
+
 @pytest.fixture
 def cached(auth_db, monkeypatch):
     """MLflow's auth module and login.py as the platform's app installs the cache on them."""
@@ -46,9 +77,10 @@ def cached(auth_db, monkeypatch):
     monkeypatch.setattr(auth_db, "get_user", get_user)
     blocked_until = Counting(login.blocked_until)
     monkeypatch.setattr(login, "blocked_until", blocked_until)
-    invalidations = auth_cache.install(types.SimpleNamespace(store=auth_db), login)
+    auth = as_mlflows_auth(auth_db)
+    invalidations = auth_cache.install(auth, login)
     eventually(lambda: invalidations.generation("permissions") is not None)  # listening
-    return auth_db, get_user, blocked_until
+    return auth_db, get_user, blocked_until, auth
 
 
 def eventually(check, timeout_s: float = 5.0):
@@ -59,7 +91,7 @@ def eventually(check, timeout_s: float = 5.0):
 
 
 def test_a_user_is_read_once_then_from_memory_until_the_database_changes(cached):
-    store, reads, _ = cached
+    store, reads, _, _ = cached
     store.create_user("ada", "ada-password-123")
     time.sleep(0.5)  # the creation's notification is in
     store.get_user("ada")
@@ -85,7 +117,7 @@ def _missing(store, username: str) -> bool:
 
 
 def test_a_block_takes_effect_for_the_next_request_and_a_failure_keeps_the_users(cached):
-    store, user_reads, block_reads = cached
+    store, user_reads, block_reads, _ = cached
     store.create_user("eve", "eve-password-123")
     engine = store.engine
     time.sleep(0.5)
@@ -105,6 +137,54 @@ def test_a_block_takes_effect_for_the_next_request_and_a_failure_keeps_the_users
 
     login.unblock(engine, "eve")
     eventually(lambda: login._blocked_for(engine, "10.0.0.9", "eve") == 0)
+
+
+def test_a_good_password_is_hashed_once_until_the_users_table_changes(cached, monkeypatch):
+    """MLflow's own cache forgets a checked password after 10 s, and every worker then hashes
+    it again (scrypt, ~70 ms of CPU) for every active user. Kept here until a user changes."""
+    store, _, _, auth = cached
+    hashes = Counting(store.authenticate_user)
+    monkeypatch.setattr(store, "authenticate_user", hashes)
+    store.create_user("ada", "ada-password-123")
+    store.create_user("bob", "bob-password-123")
+    time.sleep(0.5)
+    assert auth._authenticate_cached("ada", "ada-password-123").username == "ada"
+    for _ in range(20):
+        assert auth._authenticate_cached("ada", "ada-password-123")
+    assert hashes.calls == 1
+    for _ in range(3):  # a wrong password is hashed every time, and never kept
+        assert auth._authenticate_cached("ada", "a-guess") is None
+    assert hashes.calls == 4
+
+    # Another user's new password (another worker, or `scripts/users`): the hash decides again,
+    # MLflow's own cache bypassed, and ada's old answer is not trusted either.
+    store.update_user("bob", password="bob-new-password-456")
+    time.sleep(0.5)  # the change's notification is in
+    assert auth._authenticate_cached("ada", "ada-password-123")
+    assert hashes.calls == 5
+    assert auth._authenticate_cached("bob", "bob-password-123") is None
+    assert auth._authenticate_cached("bob", "bob-new-password-456")
+
+    store.delete_user("ada")
+    eventually(lambda: auth._authenticate_cached("ada", "ada-password-123") is None)
+
+    # A grant (an experiment created, shared) changes no password: nothing is hashed again.
+    assert auth._authenticate_cached("bob", "bob-new-password-456")
+    calls = hashes.calls
+    store.create_experiment_permission("7", "bob", "EDIT")
+    time.sleep(0.5)
+    assert auth._authenticate_cached("bob", "bob-new-password-456")
+    assert hashes.calls == calls
+
+
+def test_a_changed_password_is_refused_even_where_mlflows_cache_still_holds_it(cached):
+    store, _, _, auth = cached
+    store.create_user("cy", "cy-password-123")
+    time.sleep(0.5)
+    assert auth._authenticate_cached("cy", "cy-password-123")
+    store.update_user("cy", password="cy-new-password-456")  # on another worker: no
+    # _invalidate_user_auth_cache here, so MLflow's cache in this worker still has the old one
+    eventually(lambda: auth._authenticate_cached("cy", "cy-password-123") is None)
 
 
 def test_nothing_is_cached_while_nobody_listens():

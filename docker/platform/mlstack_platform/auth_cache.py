@@ -16,6 +16,13 @@ Until that thread is listening (at start, after losing its connection, or with a
 that is not PostgreSQL, as in the unit tests), nothing is served from the cache: every read goes
 to the database.
 
+MLflow's own cache of checked passwords (`_authenticate_cached`) forgets each one after
+MLFLOW_AUTH_CACHE_TTL_SECONDS (10 s): every worker then hashes each active user's password again
+(scrypt, ~70 ms of CPU), every 10 s, per user. While this cache listens, a checked password is
+kept here instead until the users table changes (a new password, a deleted user, admin rights),
+so a team of twenty busy users no longer costs a core in hashes; while it does not listen,
+MLflow's 10 s cache alone answers, as before.
+
 Those milliseconds matter to one who has just changed something: a user who creates an
 experiment (and with it a grant) and reads it at once may reach a worker that has not heard
 yet. So a refusal (403, or 429 for a block) is never sent on the cache's word alone:
@@ -39,6 +46,7 @@ log = logging.getLogger("mlstack.auth_cache")
 
 CHANNEL = "mlstack_auth"
 LOGIN_FAILURES = "mlstack_login_failures"  # login.TABLE (not imported: login needs Flask)
+USERS = "users"  # MLflow's: names, password hashes, admin rights
 MAX_ENTRIES = 10_000  # per cache and worker
 
 # Every table of the auth database, MLflow's (users, roles, grants...) and login.py's, notifies
@@ -64,8 +72,9 @@ END $$;
 
 
 class Invalidations:
-    """A generation number per kind of data ("login": failed logins; "permissions": the rest),
-    moved on by every notification; None while not listening."""
+    """A generation number per kind of data ("login": failed logins; "credentials": the users
+    table; "permissions": every table but failed logins), moved on by every notification that
+    concerns it; None while not listening."""
 
     RETRY_S = 1.0
     KEEPALIVE_S = 30.0  # a query now and then, so that a silently dead connection is noticed
@@ -73,7 +82,7 @@ class Invalidations:
     def __init__(self, connect: Callable[[], Any]) -> None:
         self._connect = connect
         self._lock = threading.Lock()
-        self._generations = {"login": 0, "permissions": 0}
+        self._generations = {"login": 0, "credentials": 0, "permissions": 0}
         self._listening = False
         self._warned = False
         self._pid: int | None = None
@@ -126,11 +135,18 @@ class Invalidations:
                 if conn.notifies:
                     tables = {notification.payload for notification in conn.notifies}
                     conn.notifies.clear()
-                    # A failed login must not flush everyone's permissions, and the reverse.
-                    self._changed(listening=True, kinds={
-                        "login" if table == LOGIN_FAILURES else "permissions" for table in tables})
+                    # A failed login must not flush everyone's permissions, nor a new grant
+                    # everyone's checked passwords, and the reverse.
+                    self._changed(listening=True, kinds=set().union(*map(kinds_of, tables)))
         finally:
             conn.close()
+
+
+def kinds_of(table: str) -> set[str]:
+    """The cached data a change to an auth table makes stale."""
+    if table == LOGIN_FAILURES:
+        return {"login"}
+    return {"credentials", "permissions"} if table == USERS else {"permissions"}
 
 
 _fresh = threading.local()
@@ -179,7 +195,9 @@ class Cache:
         self._entries: OrderedDict[Hashable, tuple[int, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable, load: Callable[[], Any]) -> Any:
+    def get(self, key: Hashable, load: Callable[[], Any],
+            keep: Callable[[Any], bool] = lambda value: True) -> Any:
+        """The value for key, loaded when missing or stale; kept only when keep(value)."""
         # The generation is read before loading: a change that lands while loading makes the
         # loaded value stale at once.
         generation = self._invalidations.generation(self._kind)
@@ -192,6 +210,8 @@ class Cache:
                     self._entries.move_to_end(key)
                     return entry[1]
         value = load()
+        if not keep(value):
+            return value
         with self._lock:
             self._entries[key] = (generation, value)
             self._entries.move_to_end(key)
@@ -209,7 +229,8 @@ def _psycopg2_connect(engine) -> Callable[[], Any]:
 
 def install(auth, login) -> Invalidations | None:
     """Cache the auth store's `get_user` and `list_grants` (module `auth`: MLflow's, once its
-    store is open) and login.py's block lookup, with a LISTENing connection of their own."""
+    store is open), its checked passwords (`_authenticate_cached`) and login.py's block lookup,
+    with a LISTENing connection of their own."""
     store = auth.store
     if store.engine.dialect.name != "postgresql":
         log.info("auth reads are not cached: the auth database is not PostgreSQL")
@@ -227,4 +248,28 @@ def install(auth, login) -> Invalidations | None:
         lambda: tuple(list_grants(user_id, workspace, resource_types))))
     login.blocked_until = lambda engine, address, username: blocks.get(
         (address, username), lambda: blocked_until(engine, address, username))
+    _keep_checked_passwords(auth, invalidations)
     return invalidations
+
+
+def _keep_checked_passwords(auth, invalidations: Invalidations) -> None:
+    """A good password, once checked, until the users table changes; a wrong one every time.
+    Not with MLFLOW_AUTH_CACHE_TTL_SECONDS=0: then no credential is ever kept."""
+    if getattr(auth, "_USER_AUTH_CACHE", ()) is None:  # MLflow's cache is off: so is this one
+        return
+    checked = Cache(invalidations, "credentials")
+    authenticate_cached = auth._authenticate_cached
+
+    def check(username: str, password: str):
+        def verify():
+            # MLflow's cache may still hold a password changed elsewhere (another worker, or
+            # `scripts/users`): after a change, the hash decides.
+            auth._invalidate_user_auth_cache(username)
+            return authenticate_cached(username, password)
+
+        if invalidations.generation("credentials") is None:
+            return authenticate_cached(username, password)  # MLflow's TTL cache alone
+        # MLflow's own key: the user name and an HMAC of the password under a per-process key.
+        return checked.get(auth._auth_cache_key(username, password), verify, keep=bool)
+
+    auth._authenticate_cached = check

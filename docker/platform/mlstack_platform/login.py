@@ -99,10 +99,11 @@ def client_address() -> str:
 
 
 class _OneCheckPerCredential:
-    """When MLflow's credential cache (MLFLOW_AUTH_CACHE_TTL_SECONDS) lets a credential go,
-    every thread that then sees it would hash the password itself, at once: with a client
-    sending several requests at a time, that is up to one PBKDF2 hash per thread of every
-    worker, every few seconds (py-spy: 17 % of MLflow's time under 8 clients). Here threads
+    """When a credential is not in the cache of checked passwords (its first use, after a
+    change to the users, or when MLflow's own cache lets it go: auth_cache.py), every thread
+    that then sees it would hash the password itself, at once: with a client sending several
+    requests at a time, that is up to one hash per thread of every worker (py-spy: 17 % of
+    MLflow's time under 8 clients when that came every 10 s). Here threads
     checking the same credential take turns: the first hashes and fills MLflow's cache, the
     others then find it there. Other credentials (a guesser's among them) never wait."""
 
