@@ -13,6 +13,9 @@ Workloads (each round, each target):
                              alone (each server warm, as a client sending steadily sees it)
   log-metric, 8 clients      points/s, each client logging to its own run
   log-batch, 4 clients       points/s, 1000 metrics per request
+                             (both for 20 s per target and round, in 4 turns of 5 s that
+                             alternate between the targets, ABBA: the VM's speed drifts over
+                             seconds, and a slow stretch then falls on both alike)
   runs/search, experiments/search   p50 with RUNS runs in the user's experiment
 Then, on the stack only: an artifact of ARTIFACT_MB up and down with the stock client through
 the proxy (one HTTP stream each way), against boto3 on the same S3 server from the backend
@@ -172,7 +175,9 @@ def _log_metric_calls(targets: list[Target], experiment_ids: list[str], calls: i
     return timings
 
 
-def _log_metric_for(target: Target, experiment_id: str, start_at: float, seconds: float) -> int:
+def _log_metric_for(target: Target, experiment_id: str, start_at: float,
+                    seconds: float) -> tuple[int, float]:
+    """Points logged one per request from start_at for `seconds`, and when the last ended."""
     s = target.session()
     run_id = target.new_run(s, experiment_id)
     target.post(s, "/runs/log-metric", {"run_id": run_id, "key": "loss", "value": 0.0,
@@ -183,20 +188,40 @@ def _log_metric_for(target: Target, experiment_id: str, start_at: float, seconds
         target.post(s, "/runs/log-metric", {"run_id": run_id, "key": "loss", "value": 1.0 / step,
                                             "timestamp": int(time.time() * 1000), "step": step})
         points, step = points + 1, step + 1
-    return points
+    return points, time.time()
 
 
-def _log_batches(target: Target, experiment_id: str, start_at: float, batches: int) -> float:
+def _log_batches_for(target: Target, experiment_id: str, start_at: float,
+                     seconds: float) -> tuple[int, float]:
+    """Points logged 1000 per request from start_at for `seconds`, and when the last ended."""
     s = target.session()
     run_id = target.new_run(s, experiment_id)
     now = int(time.time() * 1000)
     time.sleep(max(0.0, start_at - time.time()))
-    started = time.perf_counter()
-    for b in range(batches):
+    points, b = 0, 0
+    while time.time() < start_at + seconds:
         metrics = [{"key": f"m{i % 10}", "value": float(i), "timestamp": now, "step": b * 100 + i // 10}
                    for i in range(1000)]
         target.post(s, "/runs/log-batch", {"run_id": run_id, "metrics": metrics})
-    return time.perf_counter() - started
+        points, b = points + 1000, b + 1
+    return points, time.time()
+
+
+def throughput(client, clients: int, targets: list[Target], experiments: dict[str, tuple[str, str]],
+               seconds: float, slices: int) -> dict[str, float]:
+    """Points/s of `clients` parallel clients per target, the load given to each target in
+    `slices` turns taken alternately (ABBA...): the VM's speed drifts over seconds, and a slow
+    stretch then falls on both targets alike rather than on whichever ran second."""
+    points = {t.name: 0 for t in targets}
+    elapsed = {t.name: 0.0 for t in targets}
+    for i in range(slices):
+        for target in targets if i % 2 == 0 else targets[::-1]:
+            start_at = time.time() + 3  # every client has its run and connection by then
+            done = in_parallel(client, [(target, experiments[target.name][0], start_at,
+                                         seconds / slices)] * clients)
+            points[target.name] += sum(p for p, _ in done)
+            elapsed[target.name] += max(end for _, end in done) - start_at
+    return {name: points[name] / elapsed[name] for name in points}
 
 
 def _create_runs(target: Target, experiment_id: str, count: int) -> None:
@@ -235,26 +260,36 @@ def in_parallel(fn, argsets: list[tuple]) -> list:
 class Sizes:
     rounds: int = 2
     latency_calls: int = 300
-    throughput_seconds: float = 20
-    batches: int = 15
+    throughput_seconds: float = 20  # per target and round, in `slices` turns
+    slices: int = 4
     runs: int = 10_000
     search_calls: int = 30
     artifact_mb: int = 1024
 
 
-def round_of(target: Target, experiment_id: str, search_experiment: str, n: Sizes) -> dict[str, float]:
-    figures: dict[str, float] = {}
-    timings = in_parallel(_log_metric_calls, [([target], [experiment_id], n.latency_calls)])[0][0]
-    figures["log-metric, 1 client alone, p50 ms"] = statistics.median(timings) * 1000
-    start_at = time.time() + 3  # every client has its run and connection before the clock starts
-    points = in_parallel(_log_metric_for, [(target, experiment_id, start_at, n.throughput_seconds)] * 8)
-    figures["log-metric, 8 clients, points/s"] = sum(points) / n.throughput_seconds
-    start_at = time.time() + 3
-    durations = in_parallel(_log_batches, [(target, experiment_id, start_at, n.batches)] * 4)
-    figures["log-batch (1000 points), 4 clients, points/s"] = 4 * n.batches * 1000 / max(durations)
-    searches = in_parallel(_searches, [(target, search_experiment, n.search_calls)])[0]
-    figures[f"runs/search ({n.runs} runs), p50 ms"] = statistics.median(searches["runs/search"]) * 1000
-    figures["experiments/search, p50 ms"] = statistics.median(searches["experiments/search"]) * 1000
+def round_of(targets: list[Target], experiments: dict[str, tuple[str, str]],
+             n: Sizes) -> dict[str, dict[str, float]]:
+    """One round of every workload, on both targets (the first one first)."""
+    latencies = in_parallel(_log_metric_calls, [(
+        targets, [experiments[t.name][0] for t in targets], n.latency_calls)])[0]
+    figures = {t.name: {"log-metric, 1 client alternating, p50 ms": statistics.median(times) * 1000}
+               for t, times in zip(targets, latencies, strict=True)}
+    for target in targets:
+        alone = in_parallel(_log_metric_calls, [([target], [experiments[target.name][0]],
+                                                 n.latency_calls)])[0][0]
+        figures[target.name]["log-metric, 1 client alone, p50 ms"] = statistics.median(alone) * 1000
+    for name, rate in throughput(_log_metric_for, 8, targets, experiments, n.throughput_seconds,
+                                 n.slices).items():
+        figures[name]["log-metric, 8 clients, points/s"] = rate
+    for name, rate in throughput(_log_batches_for, 4, targets, experiments, n.throughput_seconds,
+                                 n.slices).items():
+        figures[name]["log-batch (1000 points), 4 clients, points/s"] = rate
+    for target in targets:
+        searches = in_parallel(_searches, [(target, experiments[target.name][1], n.search_calls)])[0]
+        figures[target.name][f"runs/search ({n.runs} runs), p50 ms"] = \
+            statistics.median(searches["runs/search"]) * 1000
+        figures[target.name]["experiments/search, p50 ms"] = \
+            statistics.median(searches["experiments/search"]) * 1000
     return figures
 
 
@@ -422,7 +457,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, help="runs in the searched experiment")
     parser.add_argument("--artifact-mb", type=int)
     args = parser.parse_args()
-    n = Sizes(rounds=1, latency_calls=20, throughput_seconds=2, batches=2, runs=40,
+    n = Sizes(rounds=1, latency_calls=20, throughput_seconds=2, slices=2, runs=40,
               search_calls=3, artifact_mb=8) if args.smoke else Sizes()
     n.rounds, n.runs, n.artifact_mb = (args.rounds or n.rounds, args.runs or n.runs,
                                        args.artifact_mb or n.artifact_mb)
@@ -464,14 +499,8 @@ def main() -> None:
 
         rounds = []
         for r in range(n.rounds):
-            order = targets if r % 2 == 0 else targets[::-1]
-            latencies = in_parallel(_log_metric_calls, [(
-                order, [experiments[t.name][0] for t in order], n.latency_calls)])[0]
-            figures = {t.name: {"log-metric, 1 client alternating, p50 ms":
-                                statistics.median(times) * 1000}
-                       for t, times in zip(order, latencies, strict=True)}
-            for target in order:
-                figures[target.name].update(round_of(target, *experiments[target.name], n))
+            figures = round_of(targets if r % 2 == 0 else targets[::-1], experiments, n)
+            for target in targets:
                 print(f"round {r + 1}, {target.name}: " + json.dumps(
                     {k: round(v, 1) for k, v in figures[target.name].items()}))
             rounds.append(figures)
