@@ -19,7 +19,8 @@ Workloads (each round, each target):
   runs/search, experiments/search   p50 with RUNS runs in the user's experiment
 Then, on the stack only: an artifact of ARTIFACT_MB up and down with the stock client through
 the proxy (one HTTP stream each way), against boto3 on the same S3 server from the backend
-network ("raw"), both with its transfer manager (parallel ranged parts) and in one stream, with
+network ("raw", measured before and after each proxied transfer: their mean), both with its
+transfer manager (parallel ranged parts) and in one stream, with
 the memory of nginx and MLflow sampled during the transfer; and the idle memory of the stack.
 
     .venv/bin/python -m tests.benchmarks.versus_stock [--rounds N] [--runs N] [--artifact-mb N]
@@ -513,15 +514,20 @@ def main() -> None:
                     f.write(os.urandom(2**20))
             print(f"\nartifact of {n.artifact_mb} MiB, MB/s up / down "
                   f"(raw: boto3 on {os.environ.get('MINIO_IMAGE', 'MinIO')} from the backend network)")
+            # Raw before and after each proxied transfer, compared with the mean of the two:
+            # the VM's speed drifts over the minute a round takes.
+            raw_after = raw_s3(stack, n.artifact_mb)
             for r in range(n.rounds):
-                raw = raw_s3(stack, n.artifact_mb)
+                raw_before = raw_after
                 up, down, memory = proxied(stack, targets[1].auth, experiments[targets[1].name][0],
                                            source, n.artifact_mb)
-                print(f"round {r + 1}: raw, boto3's transfer manager {raw[0]:.0f} / {raw[1]:.0f}, "
-                      f"one stream {raw[2]:.0f} / {raw[3]:.0f}; through the proxy (one stream) "
-                      f"{up:.0f} / {down:.0f}: {up / raw[0]:.0%} / {down / raw[1]:.0%} of the "
-                      f"transfer manager, {up / raw[2]:.0%} / {down / raw[3]:.0%} of one stream "
-                      f"(goal >= 70 %); memory: {memory}")
+                raw_after = raw_s3(stack, n.artifact_mb)
+                raw = [(a + b) / 2 for a, b in zip(raw_before, raw_after, strict=True)]
+                print(f"round {r + 1}: raw (mean of before and after), boto3's transfer manager "
+                      f"{raw[0]:.0f} / {raw[1]:.0f}, one stream {raw[2]:.0f} / {raw[3]:.0f}; "
+                      f"through the proxy (one stream) {up:.0f} / {down:.0f}: {up / raw[0]:.0%} / "
+                      f"{down / raw[1]:.0%} of the transfer manager, {up / raw[2]:.0%} / "
+                      f"{down / raw[3]:.0%} of one stream (goal >= 70 %); memory: {memory}")
     finally:
         if "stock" in locals():
             stock.down()
