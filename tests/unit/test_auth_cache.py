@@ -6,6 +6,7 @@ listen to, every read goes to the database."""
 from __future__ import annotations
 
 import hmac
+import os
 import threading
 import time
 import types
@@ -40,6 +41,12 @@ class Counting:
         return self.fn(*args)
 
 
+def listening(invalidations: auth_cache.Invalidations) -> None:
+    """As if its thread had just heard from the database (none is started)."""
+    invalidations._pid, invalidations._listening = os.getpid(), True
+    invalidations._heard_at = time.monotonic()
+
+
 class MlflowsCredentialCache:
     """MLflow's `_authenticate_cached` and its helpers (mlflow/server/auth/__init__.py), whose
     module-level store cannot be this test's: good credentials kept for a TTL (here, until
@@ -65,7 +72,8 @@ class MlflowsCredentialCache:
 
 def as_mlflows_auth(store) -> types.SimpleNamespace:
     mlflows = MlflowsCredentialCache(store)
-    return types.SimpleNamespace(store=store, _auth_cache_key=mlflows._auth_cache_key,
+    return types.SimpleNamespace(store=store, _USER_AUTH_CACHE=mlflows.kept, mlflows=mlflows,
+                                 _auth_cache_key=mlflows._auth_cache_key,
                                  _authenticate_cached=mlflows._authenticate_cached,
                                  _invalidate_user_auth_cache=mlflows._invalidate_user_auth_cache)
 
@@ -187,6 +195,46 @@ def test_a_changed_password_is_refused_even_where_mlflows_cache_still_holds_it(c
     eventually(lambda: auth._authenticate_cached("cy", "cy-password-123") is None)
 
 
+def test_without_a_listener_or_with_the_ttl_at_0_mlflows_own_cache_alone_decides(auth_db,
+                                                                                  monkeypatch):
+    hashes = Counting(auth_db.authenticate_user)
+    monkeypatch.setattr(auth_db, "authenticate_user", hashes)
+    auth_db.create_user("dee", "dee-password-123")
+    deaf = auth_cache.Invalidations(connect=_refuse)
+    auth = as_mlflows_auth(auth_db)
+    auth_cache._keep_checked_passwords(auth, deaf)
+    for _ in range(3):
+        assert auth._authenticate_cached("dee", "dee-password-123")
+    assert hashes.calls == 1 and auth.mlflows.kept  # MLflow's cache (its TTL) answered
+
+    off = as_mlflows_auth(auth_db)
+    off._USER_AUTH_CACHE = None  # MLFLOW_AUTH_CACHE_TTL_SECONDS=0
+    mlflows = off._authenticate_cached
+    auth_cache._keep_checked_passwords(off, deaf)
+    assert off._authenticate_cached is mlflows  # nothing of ours in front of it
+
+
+def test_nothing_is_trusted_once_the_database_has_been_silent_too_long():
+    """A database host gone without closing its connections: no notification would ever come."""
+    invalidations = auth_cache.Invalidations(connect=_refuse)
+    listening(invalidations)
+    assert invalidations.generation("credentials") is not None
+    invalidations._heard_at -= auth_cache.Invalidations.SILENT_S
+    assert invalidations.generation("credentials") is None
+
+
+def test_the_listener_keeps_hearing_from_a_quiet_database(cached):
+    """Nothing changes, and the keepalive query keeps the cache trusted."""
+    store, reads, _, _ = cached
+    store.create_user("eli", "eli-password-123")
+    time.sleep(0.5)
+    store.get_user("eli")
+    before = reads.calls
+    time.sleep(auth_cache.Invalidations.SILENT_S + 1)
+    store.get_user("eli")
+    assert reads.calls == before
+
+
 def test_nothing_is_cached_while_nobody_listens():
     loads = []
     invalidations = auth_cache.Invalidations(connect=_refuse)
@@ -203,7 +251,7 @@ def _refuse():
 
 def test_a_change_while_a_value_loads_makes_that_value_stale():
     invalidations = auth_cache.Invalidations(connect=_refuse)
-    invalidations._pid, invalidations._listening = __import__("os").getpid(), True  # listening
+    listening(invalidations)
     cache = auth_cache.Cache(invalidations, "permissions")
 
     def load_during_a_change():
@@ -256,7 +304,7 @@ def test_a_refusal_from_memory_is_checked_against_the_database_before_it_is_sent
     from flask import Flask, Response
 
     invalidations = auth_cache.Invalidations(connect=_refuse)
-    invalidations._pid, invalidations._listening = __import__("os").getpid(), True  # listening
+    listening(invalidations)
     grants = auth_cache.Cache(invalidations, "permissions")
     database = {"ada": ()}
     assert grants.get("ada", lambda: database["ada"]) == ()  # remembered: no grant

@@ -22,12 +22,14 @@ def post(app, endpoint: str, data: bytes) -> requests.Response:
     (b"{", "not valid JSON"),
     (b"\x00\xff", "not valid JSON"),
     (b'{"name": "a\\u0000b"}', "NUL character"),
+    ('{"name": "a\\u0000b"}'.encode("utf-16"), "NUL character"),  # no \u0000 in its bytes
 ])
 def test_a_body_that_is_no_json_object_is_refused_with_what_is_wrong(mlstack_app, body, says):
     for endpoint in ("experiments/create", "runs/search", "runs/log-batch"):
         r = post(mlstack_app, endpoint, body)
         assert r.status_code == 400, (endpoint, r.text)
         assert says in r.json()["message"] and r.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+        assert "Bad Request" not in r.json()["message"]  # the decoder's words, not Flask's
 
 
 def test_a_field_of_the_wrong_shape_is_refused_by_mlflows_own_message(mlstack_app):

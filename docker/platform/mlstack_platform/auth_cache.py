@@ -13,8 +13,9 @@ therefore takes effect at once, as without the cache (within the milliseconds a 
 takes to arrive).
 
 Until that thread is listening (at start, after losing its connection, or with an auth database
-that is not PostgreSQL, as in the unit tests), nothing is served from the cache: every read goes
-to the database.
+that is not PostgreSQL, as in the unit tests), and whenever it has not heard from the database
+for 10 s (it asks every 3 s when nothing else comes), nothing is served from the cache: every
+read goes to the database.
 
 MLflow's own cache of checked passwords (`_authenticate_cached`) forgets each one after
 MLFLOW_AUTH_CACHE_TTL_SECONDS (10 s): every worker then hashes each active user's password again
@@ -77,20 +78,28 @@ class Invalidations:
     concerns it; None while not listening."""
 
     RETRY_S = 1.0
-    KEEPALIVE_S = 30.0  # a query now and then, so that a silently dead connection is noticed
+    # A query after this much silence, so that a silently dead connection is noticed...
+    KEEPALIVE_S = 3.0
+    # ...and nothing is trusted once the connection has not been heard from for this long (a
+    # database host gone without closing its connections: its notifications would never come;
+    # the socket's own keepalives then end the connection too). The bound MLflow's 10 s
+    # credential cache used to give, kept.
+    SILENT_S = 10.0
 
     def __init__(self, connect: Callable[[], Any]) -> None:
         self._connect = connect
         self._lock = threading.Lock()
         self._generations = {"login": 0, "credentials": 0, "permissions": 0}
         self._listening = False
+        self._heard_at = 0.0  # time.monotonic() of the last sign of life from the database
         self._warned = False
         self._pid: int | None = None
 
     def generation(self, kind: str) -> int | None:
         self._start_once()
         with self._lock:
-            return self._generations[kind] if self._listening else None
+            trusted = self._listening and time.monotonic() - self._heard_at < self.SILENT_S
+            return self._generations[kind] if trusted else None
 
     def _start_once(self) -> None:
         # Started on first use, in the process that uses it (gunicorn forks its workers).
@@ -106,6 +115,11 @@ class Invalidations:
             for kind in kinds or self._generations:
                 self._generations[kind] += 1
             self._listening = listening
+            self._heard_at = time.monotonic()
+
+    def _heard(self) -> None:
+        with self._lock:
+            self._heard_at = time.monotonic()
 
     def _listen_forever(self) -> None:
         while True:
@@ -132,6 +146,7 @@ class Invalidations:
                     with conn.cursor() as cur:
                         cur.execute("SELECT 1")
                 conn.poll()
+                self._heard()
                 if conn.notifies:
                     tables = {notification.payload for notification in conn.notifies}
                     conn.notifies.clear()
@@ -224,7 +239,10 @@ def _psycopg2_connect(engine) -> Callable[[], Any]:
     import psycopg2
 
     args = engine.url.translate_connect_args(username="user", database="dbname")
-    return lambda: psycopg2.connect(connect_timeout=10, **args)
+    # A peer that vanished without closing the connection ends it within seconds, not minutes.
+    return lambda: psycopg2.connect(connect_timeout=10, keepalives=1, keepalives_idle=5,
+                                    keepalives_interval=2, keepalives_count=3,
+                                    tcp_user_timeout=10_000, **args)
 
 
 def install(auth, login) -> Invalidations | None:
@@ -255,21 +273,25 @@ def install(auth, login) -> Invalidations | None:
 def _keep_checked_passwords(auth, invalidations: Invalidations) -> None:
     """A good password, once checked, until the users table changes; a wrong one every time.
     Not with MLFLOW_AUTH_CACHE_TTL_SECONDS=0: then no credential is ever kept."""
-    if getattr(auth, "_USER_AUTH_CACHE", ()) is None:  # MLflow's cache is off: so is this one
+    # MLflow's private names, looked up here: should an upgrade rename one, the server fails
+    # at start, not at every login.
+    if auth._USER_AUTH_CACHE is None:  # MLflow's cache is off: so is this one
         return
+    authenticate_cached, cache_key = auth._authenticate_cached, auth._auth_cache_key
+    forget = auth._invalidate_user_auth_cache
     checked = Cache(invalidations, "credentials")
-    authenticate_cached = auth._authenticate_cached
 
     def check(username: str, password: str):
         def verify():
             # MLflow's cache may still hold a password changed elsewhere (another worker, or
-            # `scripts/users`): after a change, the hash decides.
-            auth._invalidate_user_auth_cache(username)
+            # `scripts/users`): after a change, the hash decides. (login.py lets one thread at
+            # a time check a credential, so no other can refill it in between.)
+            forget(username)
             return authenticate_cached(username, password)
 
         if invalidations.generation("credentials") is None:
             return authenticate_cached(username, password)  # MLflow's TTL cache alone
         # MLflow's own key: the user name and an HMAC of the password under a per-process key.
-        return checked.get(auth._auth_cache_key(username, password), verify, keep=bool)
+        return checked.get(cache_key(username, password), verify, keep=bool)
 
     auth._authenticate_cached = check

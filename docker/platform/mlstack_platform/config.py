@@ -62,8 +62,9 @@ class PlatformConfig:
             db_max_overflow=settings.integer("MLFLOW_DB_MAX_OVERFLOW", 5, minimum=0, maximum=100),
             default_permission=settings.choice(
                 "MLFLOW_AUTH_DEFAULT_PERMISSION", "NO_PERMISSIONS", PERMISSIONS),
-            # At most 10: with the jobs API's own 4 s, a changed password or a deleted user
-            # is refused everywhere within 15 s.
+            # At most 10: with nginx's and the jobs API's own 4 s, a changed password or a
+            # deleted user is refused everywhere within 15 s. (It applies while a worker cannot
+            # hear of changes; one that can drops a password as it changes: auth_cache.py.)
             auth_cache_ttl_s=settings.integer(
                 "MLFLOW_AUTH_CACHE_TTL_SECONDS", 10, minimum=0, maximum=10),
             wait_s=settings.integer("MLSTACK_INIT_WAIT_SECONDS", 120, maximum=3600),

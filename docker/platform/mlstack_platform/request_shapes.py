@@ -12,6 +12,7 @@ everything else is left to MLflow, whose answers are 4xx for the rest.
 from __future__ import annotations
 
 import functools
+import json
 
 from flask import request
 from google.protobuf.descriptor import Descriptor
@@ -108,6 +109,13 @@ def _has_nul(value) -> bool:
     return False
 
 
+def _decoder_error(exc: BaseException) -> BaseException:
+    """The JSON decoder's own message, under the 400s Flask and werkzeug wrap it in."""
+    while not isinstance(exc, ValueError) and exc.__context__ is not None:
+        exc = exc.__context__
+    return exc
+
+
 def check() -> None:
     """Raises BadRequest for the current request when it has one of the shapes above."""
     if any("\x00" in v for v in request.args.values()) or "\x00" in request.path:
@@ -121,21 +129,23 @@ def check() -> None:
             raise BadRequest("GraphQL takes a POST with a JSON body")
     elif message is None or request.method == "GET":
         return
-    if not request.get_data(cache=True).strip():
+    raw = request.get_data(cache=True)
+    if not raw.strip():
         return  # MLflow says which fields are missing
     try:
-        # Through Flask's cache: MLflow's handler and validators reuse this parse (a log-batch
-        # of 1000 metrics is parsed once, not twice).
-        body = request.get_json(force=True, cache=True)
+        # A JSON body through Flask's cache: MLflow's handler and validators reuse this parse
+        # (a log-batch of 1000 metrics is parsed once, not twice). Another content type is
+        # parsed aside, as MLflow (which then finds no JSON) must not see it as JSON.
+        body = request.get_json(cache=True) if request.is_json else json.loads(raw)
     except RecursionError:
         raise BadRequest("the request body is nested too deeply") from None
-    except HTTPException as exc:  # werkzeug's 400 for JSON it cannot decode
-        raise BadRequest(f"the request body is not valid JSON: {exc.__context__ or exc}") from None
+    except (ValueError, HTTPException) as exc:
+        raise BadRequest(f"the request body is not valid JSON: {_decoder_error(exc)}") from None
     if not isinstance(body, dict):
         raise BadRequest(f"the request body must be a JSON object, not {type(body).__name__}")
-    # JSON can only spell a NUL as \u0000 (a raw one is not valid JSON): without that text in
-    # the body, there is none to look for.
-    if b"\\u0000" in request.get_data(cache=True) and _has_nul(body):
+    # JSON spells a NUL \u0000 in ASCII; a body in UTF-16 or UTF-32 (which the parser also
+    # reads) has zero bytes. A body with neither has no NUL to look for.
+    if (b"\\u0000" in raw or b"\x00" in raw) and _has_nul(body):
         raise BadRequest("the request body contains a NUL character")
     problem = _shape_error(body, message) if message is not None else None
     if problem:
