@@ -21,8 +21,8 @@ MLflow's own cache of checked passwords (`_authenticate_cached`) forgets each on
 MLFLOW_AUTH_CACHE_TTL_SECONDS (10 s): every worker then hashes each active user's password again
 (scrypt, ~70 ms of CPU), every 10 s, per user. While this cache listens, a checked password is
 kept here instead until the users table changes (a new password, a deleted user, admin rights),
-so a team of twenty busy users no longer costs a core in hashes; while it does not listen,
-MLflow's 10 s cache alone answers, as before.
+so a team of twenty busy users no longer costs half a core in hashes (four workers); while it
+does not listen, MLflow's 10 s cache alone answers, as before.
 
 Those milliseconds matter to one who has just changed something: a user who creates an
 experiment (and with it a grant) and reads it at once may reach a worker that has not heard
