@@ -176,40 +176,35 @@ def _log_metric_calls(targets: list[Target], experiment_ids: list[str], calls: i
     return timings
 
 
-def _log_metric_for(target: Target, experiment_id: str, start_at: float,
-                    seconds: float) -> tuple[int, float]:
-    """Points logged one per request from start_at for `seconds`, and when the last ended."""
-    s = target.session()
-    run_id = target.new_run(s, experiment_id)
-    target.post(s, "/runs/log-metric", {"run_id": run_id, "key": "loss", "value": 0.0,
-                                        "timestamp": 0, "step": 0})
-    time.sleep(max(0.0, start_at - time.time()))
-    points, step = 0, 1
-    while time.time() < start_at + seconds:
-        target.post(s, "/runs/log-metric", {"run_id": run_id, "key": "loss", "value": 1.0 / step,
-                                            "timestamp": int(time.time() * 1000), "step": step})
-        points, step = points + 1, step + 1
-    return points, time.time()
-
-
-def _log_batches_for(target: Target, experiment_id: str, start_at: float,
-                     seconds: float) -> tuple[int, float]:
-    """Points logged 1000 per request from start_at for `seconds`, and when the last ended."""
-    s = target.session()
-    run_id = target.new_run(s, experiment_id)
+def _request(run_id: str, step: int, per_request: int) -> tuple[str, dict]:
+    """One log-metric call, or a log-batch of `per_request` points (10 keys, several steps)."""
     now = int(time.time() * 1000)
+    if per_request == 1:
+        return "/runs/log-metric", {"run_id": run_id, "key": "loss", "value": 1.0 / (step + 1),
+                                    "timestamp": now, "step": step}
+    return "/runs/log-batch", {"run_id": run_id, "metrics": [
+        {"key": f"m{i % 10}", "value": float(i), "timestamp": now,
+         "step": step * per_request // 10 + i // 10} for i in range(per_request)]}
+
+
+def _log_points_for(target: Target, experiment_id: str, start_at: float, seconds: float,
+                    per_request: int) -> tuple[int, float]:
+    """Points logged `per_request` at a time from start_at for `seconds` (a first request
+    before, to open the connection), and when the last request ended."""
+    s = target.session()
+    run_id = target.new_run(s, experiment_id)
+    target.post(s, *_request(run_id, 0, per_request))
     time.sleep(max(0.0, start_at - time.time()))
-    points, b = 0, 0
+    step = 1
     while time.time() < start_at + seconds:
-        metrics = [{"key": f"m{i % 10}", "value": float(i), "timestamp": now, "step": b * 100 + i // 10}
-                   for i in range(1000)]
-        target.post(s, "/runs/log-batch", {"run_id": run_id, "metrics": metrics})
-        points, b = points + 1000, b + 1
-    return points, time.time()
+        target.post(s, *_request(run_id, step, per_request))
+        step += 1
+    return (step - 1) * per_request, time.time()
 
 
-def throughput(client, clients: int, targets: list[Target], experiments: dict[str, tuple[str, str]],
-               seconds: float, slices: int) -> dict[str, float]:
+def throughput(clients: int, per_request: int, targets: list[Target],
+               experiments: dict[str, tuple[str, str]], seconds: float,
+               slices: int) -> dict[str, float]:
     """Points/s of `clients` parallel clients per target, the load given to each target in
     `slices` turns taken alternately (ABBA...): the VM's speed drifts over seconds, and a slow
     stretch then falls on both targets alike rather than on whichever ran second."""
@@ -218,8 +213,8 @@ def throughput(client, clients: int, targets: list[Target], experiments: dict[st
     for i in range(slices):
         for target in targets if i % 2 == 0 else targets[::-1]:
             start_at = time.time() + 3  # every client has its run and connection by then
-            done = in_parallel(client, [(target, experiments[target.name][0], start_at,
-                                         seconds / slices)] * clients)
+            done = in_parallel(_log_points_for, [(target, experiments[target.name][0], start_at,
+                                                  seconds / slices, per_request)] * clients)
             points[target.name] += sum(p for p, _ in done)
             elapsed[target.name] += max(end for _, end in done) - start_at
     return {name: points[name] / elapsed[name] for name in points}
@@ -279,12 +274,11 @@ def round_of(targets: list[Target], experiments: dict[str, tuple[str, str]],
         alone = in_parallel(_log_metric_calls, [([target], [experiments[target.name][0]],
                                                  n.latency_calls)])[0][0]
         figures[target.name]["log-metric, 1 client alone, p50 ms"] = statistics.median(alone) * 1000
-    for name, rate in throughput(_log_metric_for, 8, targets, experiments, n.throughput_seconds,
-                                 n.slices).items():
-        figures[name]["log-metric, 8 clients, points/s"] = rate
-    for name, rate in throughput(_log_batches_for, 4, targets, experiments, n.throughput_seconds,
-                                 n.slices).items():
-        figures[name]["log-batch (1000 points), 4 clients, points/s"] = rate
+    for workload, clients, per_request in (("log-metric, 8 clients", 8, 1),
+                                           ("log-batch (1000 points), 4 clients", 4, 1000)):
+        for name, rate in throughput(clients, per_request, targets, experiments,
+                                     n.throughput_seconds, n.slices).items():
+            figures[name][f"{workload}, points/s"] = rate
     for target in targets:
         searches = in_parallel(_searches, [(target, experiments[target.name][1], n.search_calls)])[0]
         figures[target.name][f"runs/search ({n.runs} runs), p50 ms"] = \
