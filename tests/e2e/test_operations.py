@@ -203,6 +203,19 @@ def test_status_passes_then_names_the_service_that_is_down(ops: Stack, populated
                      "== trainer workers", " mlstack-worker "):
         assert expected in ok.stdout, ok.stdout
 
+    ops.settings["MLSTACK_DISK_ALERT_PERCENT"] = "1"
+    try:
+        full = ops.script("status", check=False)
+        ops.settings["MLSTACK_DISK_ALERT_PERCENT"] = "ninety"
+        nonsense = ops.script("status", check=False)
+    finally:
+        del ops.settings["MLSTACK_DISK_ALERT_PERCENT"]
+    assert full.returncode == 1
+    assert any(line.startswith("FAIL  disk") and "MLSTACK_DISK_ALERT_PERCENT is 1" in line
+               and "scripts/gc" in line for line in full.stdout.splitlines()), full.stdout
+    assert nonsense.returncode == 1
+    assert "MLSTACK_DISK_ALERT_PERCENT is 'ninety'" in nonsense.stderr, nonsense.stderr
+
     ops.compose("stop", "tensorboard")
     try:
         down = ops.script("status", check=False)
