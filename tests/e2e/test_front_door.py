@@ -5,7 +5,9 @@ files their creator may not read. Each attack is performed through nginx and see
 from __future__ import annotations
 
 import base64
+import gzip
 import json
+import os
 import re
 import socket
 import ssl
@@ -14,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from urllib.parse import quote
 
 import pytest
 
@@ -177,6 +180,53 @@ print(json.dumps({"run": run.info.run_id, "experiment": run.info.experiment_id})
     versions = s.get(f"{api}/registered-models/get", params={"name": model}).json()[
         "registered_model"]["latest_versions"]
     assert [v["source"] for v in versions] == [f"runs:/{emils['run']}/model"]
+
+
+def test_nginx_fetches_downloads_from_the_store_and_nobody_can_steer_it(stack: Stack, dora,
+                                                                          emil):
+    """A download is fetched from MinIO by nginx, with a GET MLflow presigned for that one file
+    once the caller's permission passed (artifact_download.py). The teammate sees the file and
+    MLflow's headers, nothing of the store; nginx's internal location cannot be called from
+    outside; a forged handoff header or store path reaches nothing; a file another user may
+    not read is refused as before; and odd names and a .gz arrive byte for byte."""
+    api, base = f"{stack.base_url}/api/2.0/mlflow", stack.base_url
+    d = stack.session(*dora)
+    experiment = d.post(f"{api}/experiments/create",
+                        json={"name": f"dora-handoff-{uuid.uuid4().hex[:6]}"}).json()["experiment_id"]
+    run = d.post(f"{api}/runs/create", json={"experiment_id": experiment}).json()["run"]["info"]["run_id"]
+    files = {"weights.bin": os.urandom(3 << 20),  # several of nginx's buffers
+             "report.html.gz": gzip.compress(b"<html><script>alert(1)</script></html>"),
+             "a b+c(1)%&=;,é模型.txt": b"odd names travel whole"}
+    urls = {}
+    for name, data in files.items():
+        urls[name] = f"{base}/api/2.0/mlflow-artifacts/artifacts/{experiment}/{run}/artifacts/{quote(name)}"
+        assert d.put(urls[name], data=data).status_code == 200
+
+    forged = {"X-Mlstack-Artifact-Handoff": "0",
+              "X-Mlstack-Artifact-Store": "/mlflow-artifacts/0/x?X-Amz-Signature=forged"}
+    for name, data in files.items():
+        r = d.get(urls[name], headers=forged)
+        assert r.status_code == 200 and r.content == data, (name, r.status_code, r.text[:200])
+        assert r.headers["Content-Disposition"].startswith("attachment"), r.headers
+        assert "Content-Encoding" not in r.headers  # the .gz arrives as stored, not unpacked
+        for header, value in r.headers.items():
+            assert not header.lower().startswith(("x-amz", "x-accel", "x-mlstack")), header
+            assert "minio" not in value.lower() and "amz" not in value.lower(), (header, value)
+        assert "ETag" not in r.headers and r.headers["Cache-Control"] == "no-cache"
+
+    e = stack.session(*emil)
+    assert e.get(urls["weights.bin"]).status_code == 403
+    # nginx's own location, called outright with a store path and a made-up signature.
+    key = f"/mlflow-artifacts/{experiment}/{run}/artifacts/weights.bin"
+    for session in (e, d):
+        for path in ("/_mlstack_artifact_store", "/_mlstack_artifact_store/",
+                     f"/_mlstack_artifact_store{key}"):
+            r = session.get(f"{base}{path}", headers={
+                "X-Mlstack-Artifact-Store": f"{key}?X-Amz-Signature=forged"})
+            # (404 from nginx; past its exact name, MLflow's refusal of an unknown path)
+            assert r.status_code in (403, 404), (path, r.status_code)
+            assert files["weights.bin"][:64] not in r.content, path
+    assert stack.session().get(f"{base}/_mlstack_artifact_store").status_code == 404
 
 
 def test_password_guessing_is_stopped_and_nobody_else_is_held_up(stack: Stack):

@@ -183,6 +183,15 @@ def test_a_newcomer_logs_a_run_reads_it_back_and_sees_it_in_tensorboard(swarm, n
     curve = stack.wait_for("the run's curve in TensorBoard", lambda: _curve(stack, nadia, run),
                            timeout_s=120)
     assert curve == [(0, 0.9), (1, 0.5), (2, 0.25)]
+    # An artifact, up and back down through the front door: nginx fetches a download from
+    # MinIO itself, across the artifact-store overlay.
+    data = os.urandom(3 << 20)
+    url = (f"{stack.base_url}/api/2.0/mlflow-artifacts/artifacts/{run['experiment_id']}/"
+           f"{run['run_id']}/artifacts/weights.bin")
+    s = stack.session(*nadia)
+    assert s.put(url, data=data).status_code == 200
+    got = s.get(url)
+    assert got.status_code == 200 and got.content == data, got.text[:300]
     # Another user's experiment is not hers to read, on either replica.
     other = stack.session(*nadia).get(f"{stack.base_url}/api/2.0/mlflow/experiments/get",
                                       params={"experiment_id": "0"})

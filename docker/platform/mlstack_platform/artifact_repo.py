@@ -131,22 +131,43 @@ class ProxiedS3ArtifactRepository(ArtifactRepository, StreamUploadMixin):
     def open_file(self, artifact_path: str):
         """S3's streaming body of one artifact file, and its length (artifact_download.py).
         A missing file is a 404 and a folder a 400, as MLflow's own handler answers them."""
+        bucket, key = self._bucket_and_key(artifact_path)
+        try:
+            found = self._s3._get_s3_client().get_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            self._refuse_if_missing(exc, artifact_path)
+            raise
+        return found["Body"], found["ContentLength"]
+
+    def presigned_get(self, artifact_path: str, expires_s: int) -> str:
+        """A GET of one artifact file, presigned for expires_s seconds, once S3 has said the
+        file is there (a missing file or a folder is answered as open_file answers it). For
+        nginx alone, which fetches the file with it (artifact_download.py)."""
+        bucket, key = self._bucket_and_key(artifact_path)
+        client = self._s3._get_s3_client()
+        try:
+            client.head_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            self._refuse_if_missing(exc, artifact_path)
+            raise
+        return client.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_s)
+
+    def _bucket_and_key(self, artifact_path: str) -> tuple[str, str]:
+        bucket, root = self._s3.parse_s3_compliant_uri(self._s3.artifact_uri)
+        return bucket, posixpath.join(root, artifact_path)
+
+    def _refuse_if_missing(self, exc: Exception, artifact_path: str) -> None:
         from botocore.exceptions import ClientError
 
-        bucket, root = self._s3.parse_s3_compliant_uri(self._s3.artifact_uri)
-        try:
-            found = self._s3._get_s3_client().get_object(
-                Bucket=bucket, Key=posixpath.join(root, artifact_path))
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
-                raise
-            if self.list_artifacts(artifact_path):
-                raise MlflowException.invalid_parameter_value(
-                    f"Artifact path refers to a directory, not a file: '{artifact_path}'"
-                ) from None
-            raise MlflowException(f"no artifact at {artifact_path!r}",
-                                  error_code=RESOURCE_DOES_NOT_EXIST) from None
-        return found["Body"], found["ContentLength"]
+        if not isinstance(exc, ClientError) or exc.response.get("Error", {}).get("Code") not in (
+                "NoSuchKey", "404"):
+            return
+        if self.list_artifacts(artifact_path):
+            raise MlflowException.invalid_parameter_value(
+                f"Artifact path refers to a directory, not a file: '{artifact_path}'") from None
+        raise MlflowException(f"no artifact at {artifact_path!r}",
+                              error_code=RESOURCE_DOES_NOT_EXIST) from None
 
     def _exists(self, path: str) -> bool:
         path = path.strip("/")
