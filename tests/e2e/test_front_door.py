@@ -207,26 +207,51 @@ def test_nginx_fetches_downloads_from_the_store_and_nobody_can_steer_it(stack: S
     for name, data in files.items():
         r = d.get(urls[name], headers=forged)
         assert r.status_code == 200 and r.content == data, (name, r.status_code, r.text[:200])
+        # MLflow's headers and nginx's own, nothing of the store's (no URL, no S3 header).
+        assert set(map(str.lower, r.headers)) <= DOWNLOAD_HEADERS, r.headers
         assert r.headers["Content-Disposition"].startswith("attachment"), r.headers
+        assert r.headers["Cache-Control"] == "no-cache"
         assert "Content-Encoding" not in r.headers  # the .gz arrives as stored, not unpacked
-        for header, value in r.headers.items():
-            assert not header.lower().startswith(("x-amz", "x-accel", "x-mlstack")), header
-            assert "minio" not in value.lower() and "amz" not in value.lower(), (header, value)
-        assert "ETag" not in r.headers and r.headers["Cache-Control"] == "no-cache"
+    # nginx fetched them from MinIO: MLflow answered first, then MinIO ("<mlflow> : <minio>").
+    log = stack.compose("logs", "--no-color", "nginx").stdout
+    lines = [line for line in log.splitlines()
+             if f"GET /api/2.0/mlflow-artifacts/artifacts/{experiment}/{run}/artifacts/weights.bin"
+             in line and f" {dora[0]} " in line and '" 200 ' in line]
+    assert lines and all(re.search(r'upstream="[^"]*:5000 : [^"]*:9000"', line) for line in lines), lines
 
     e = stack.session(*emil)
     assert e.get(urls["weights.bin"]).status_code == 403
-    # nginx's own location, called outright with a store path and a made-up signature.
+    # nginx's location for it has no address (a named one): asked for, MLflow refuses the path.
     key = f"/mlflow-artifacts/{experiment}/{run}/artifacts/weights.bin"
     for session in (e, d):
-        for path in ("/_mlstack_artifact_store", "/_mlstack_artifact_store/",
-                     f"/_mlstack_artifact_store{key}"):
+        for path in ("/_mlstack_artifact_store", "/@mlstack_artifact_store",
+                     f"/@mlstack_artifact_store{key}"):
             r = session.get(f"{base}{path}", headers={
                 "X-Mlstack-Artifact-Store": f"{key}?X-Amz-Signature=forged"})
-            # (404 from nginx; past its exact name, MLflow's refusal of an unknown path)
             assert r.status_code in (403, 404), (path, r.status_code)
             assert files["weights.bin"][:64] not in r.content, path
-    assert stack.session().get(f"{base}/_mlstack_artifact_store").status_code == 404
+    assert stack.session().get(f"{base}/@mlstack_artifact_store").status_code == 401
+    # Another service on MLflow's network (a compromised TensorBoard) that claims to be nginx
+    # gets the file streamed, never a presigned URL.
+    probe = f"""
+import base64, urllib.request
+request = urllib.request.Request(
+    "http://mlflow:5000/api/2.0/mlflow-artifacts/artifacts/{experiment}/{run}/artifacts/weights.bin",
+    headers={{"Authorization": "Basic " + base64.b64encode(b"{dora[0]}:{dora[1]}").decode(),
+             "X-Mlstack-Artifact-Handoff": "1"}})
+answer = urllib.request.urlopen(request, timeout=60)
+print(len(answer.read()), sorted(h.lower() for h in answer.headers if h.lower().startswith("x-")))
+"""
+    out = stack.compose("exec", "-T", "tensorboard", "python", "-c", probe).stdout.split(None, 1)
+    assert int(out[0]) == len(files["weights.bin"]) and "x-accel" not in out[1], out
+
+
+# What a download through the front door carries: MLflow's headers for the file and nginx's.
+DOWNLOAD_HEADERS = {
+    "server", "date", "content-type", "content-length", "connection", "keep-alive",
+    "cache-control", "content-disposition", "strict-transport-security", "x-content-type-options",
+    "referrer-policy", "x-frame-options", "content-security-policy", "vary",
+}
 
 
 def test_password_guessing_is_stopped_and_nobody_else_is_held_up(stack: Stack):

@@ -90,48 +90,48 @@ def test_a_download_streams_the_object_and_names_what_is_missing(monkeypatch):
     assert folder.value.get_http_status_code() == 400
 
 
-class _Presigning(_S3):
-    """What the repository asks of boto3 to hand a download to nginx: head_object, and a
-    presigned GET (of an endpoint the test names)."""
+def _repo_with_mlflows_client(monkeypatch, endpoint: str, objects: set[str]):
+    """The repository with MLflow's own boto3 client for ENDPOINT (presigning needs no
+    network), whose HEAD answers from OBJECTS as S3 does."""
+    from botocore.exceptions import ClientError
 
-    def __init__(self, objects: dict[str, bytes], endpoint: str = "http://minio:9000"):
-        super().__init__(objects)
-        self.endpoint = endpoint
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "mlflow-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "mlflow-secret")
+    repo = ProxiedS3ArtifactRepository("s3-proxied://mlflow-artifacts")
+    client = repo._s3._get_s3_client()
 
-    def head_object(self, Bucket, Key):  # noqa: N803 (boto3's names)
-        from botocore.exceptions import ClientError
-
-        if Key not in self.objects:
+    def head_object(Bucket, Key):  # noqa: N803 (boto3's names)
+        if Key not in objects:
             raise ClientError({"Error": {"Code": "404"}}, "HeadObject")  # HEAD has no body
-        return {"ContentLength": len(self.objects[Key])}
+        return {}
 
-    def generate_presigned_url(self, operation, Params, ExpiresIn):  # noqa: N803
-        assert operation == "get_object"
-        return (f"{self.endpoint}/{Params['Bucket']}/{Params['Key']}"
-                f"?X-Amz-Expires={ExpiresIn}&X-Amz-Signature=abc")
-
-
-def _repo_on(monkeypatch, s3):
-    repo = ProxiedS3ArtifactRepository("s3-proxied://bucket")
-    monkeypatch.setattr(repo._s3, "_get_s3_client", lambda: s3)
+    monkeypatch.setattr(client, "head_object", head_object)
     monkeypatch.setattr(repo, "list_artifacts",
                         lambda path=None: ["something"] if path == "1/run/artifacts" else [])
     return repo
 
 
-def test_a_download_is_handed_to_nginx_with_a_short_lived_url_of_that_file_alone(monkeypatch):
+def test_a_download_is_handed_to_nginx_with_a_url_of_that_file_alone(monkeypatch):
+    from urllib.parse import parse_qs, urlsplit
+
     from flask import Flask
     from mlflow.exceptions import MlflowException
 
     from mlstack_platform.artifact_download import _handed_to_nginx
 
-    repo = _repo_on(monkeypatch, _Presigning({"1/run/artifacts/model.bin": b"x"}))
+    repo = _repo_with_mlflows_client(monkeypatch, "http://minio:9000",
+                                     {"1/run/artifacts/a model (1).bin"})
     with Flask(__name__).app_context():
-        response = _handed_to_nginx(repo, "1/run/artifacts/model.bin")
-    assert response.headers["X-Accel-Redirect"] == "/_mlstack_artifact_store"
-    assert response.headers["X-Mlstack-Artifact-Store"] == (
-        "/bucket/1/run/artifacts/model.bin?X-Amz-Expires=60&X-Amz-Signature=abc")
+        response = _handed_to_nginx(repo, "1/run/artifacts/a model (1).bin")
+    assert response.headers["X-Accel-Redirect"] == "@mlstack_artifact_store"
     assert response.get_data() == b""
+    # What nginx's location takes: a path-style, Signature Version 4 GET of MinIO's.
+    store = urlsplit(response.headers["X-Mlstack-Artifact-Store"])
+    assert store.path == "/mlflow-artifacts/1/run/artifacts/a%20model%20%281%29.bin"
+    query = parse_qs(store.query)
+    assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"] and "X-Amz-Signature" in query
+    assert query["X-Amz-Expires"] == ["900"]
     # What is not there is answered as MLflow's handler answers it, and nothing is signed.
     with pytest.raises(MlflowException, match="no artifact at") as missing:
         repo.presigned_get("1/run/artifacts/missing.bin", 60)
@@ -146,9 +146,10 @@ def test_a_store_nginx_cannot_reach_is_streamed_through_mlflow_instead(monkeypat
 
     from mlstack_platform.artifact_download import _handed_to_nginx
 
-    elsewhere = _Presigning({"1/run/artifacts/model.bin": b"x"}, "https://s3.example.com")
+    repo = _repo_with_mlflows_client(monkeypatch, "https://s3.example.com",
+                                     {"1/run/artifacts/model.bin"})
     with Flask(__name__).app_context():
-        assert _handed_to_nginx(_repo_on(monkeypatch, elsewhere), "1/run/artifacts/model.bin") is None
+        assert _handed_to_nginx(repo, "1/run/artifacts/model.bin") is None
 
 
 def test_a_client_that_goes_away_mid_download_closes_the_s3_body():

@@ -9,14 +9,15 @@ with the headers MLflow's handler sets (its own functions set them). Requests wi
 a condition, and artifact stores other than s3-proxied://, still go to MLflow's handler.
 
 Through nginx, the file's bytes do not pass through MLflow at all: nginx says it can fetch a
-file itself (the HANDOFF header, which it sets on the artifact routes), MLflow answers with
-X-Accel-Redirect to nginx's internal artifact-store location and a GET of that one file
-presigned for a minute, and nginx fetches it from MinIO and sends it on. Streaming it through
+file itself (the HANDOFF header, which it sets on the artifact routes and clears elsewhere;
+believed from nginx's address alone), MLflow answers with X-Accel-Redirect to nginx's named
+artifact-store location and a GET of that one file presigned by MLflow, and nginx fetches it
+from MinIO and sends it on. Streaming it through
 MLflow cost a Python copy in and out, a fifth of the platform's CPU during a 1 GiB download on
 a 2-core machine, and held the download to 68-78 % of what boto3's transfer manager reads from
 S3. nginx passes none of MLflow's headers on but the Content-Type, Content-Disposition and
-Cache-Control, so the presigned URL never reaches the client; a client that reaches MLflow
-some other way (nothing on the platform does) gets the stream.
+Cache-Control, so the presigned URL never reaches the client; anything else that calls MLflow
+gets the stream.
 
 The endpoint's permission check is MLflow's before-request hook, which runs before any view
 function: replacing the view changes nothing about who may download what.
@@ -29,16 +30,21 @@ from urllib.parse import urlsplit
 
 from flask import Flask, current_app, request
 
+from . import login
+
 ENDPOINT = "_download_artifact"  # MLflow registers each handler under its function's name
 # nginx's artifact routes set it (mlstack-routes.inc.template); a client's own is replaced.
 HANDOFF = "X-Mlstack-Artifact-Handoff"
-# Where nginx fetches the file, and the header it reads the presigned path and query from.
-STORE_LOCATION = "/_mlstack_artifact_store"
+# Where nginx fetches the file (a named location: no request can name it), and the header it
+# reads the presigned path and query from (nginx never passes it on).
+STORE_LOCATION = "@mlstack_artifact_store"
 STORE_PATH_HEADER = "X-Mlstack-Artifact-Store"
-# The only S3 endpoint nginx fetches from (its artifact-store location names it): a presigned
+# The only S3 endpoint nginx fetches from (its artifact-store upstream names it): a presigned
 # URL for another (MLSTACK_S3_ENDPOINT set elsewhere) is streamed through MLflow instead.
 STORE_ENDPOINT = ("http", "minio:9000")
-PRESIGNED_FOR_S = 60
+# The URL goes from MLflow to nginx to MinIO and no further; its lifetime only has to cover
+# the clocks of Swarm nodes drifting apart (S3 itself allows 15 minutes of skew).
+PRESIGNED_FOR_S = 900
 # Partial and conditional downloads: MLflow's handler answers them from its temporary copy.
 _MLFLOWS_OWN = ("Range", "If-Range", "If-None-Match", "If-Modified-Since", "If-Match",
                 "If-Unmodified-Since")
@@ -64,7 +70,8 @@ def install(flask_app: Flask) -> None:
             return mlflows(artifact_path)
         path = handlers._get_workspace_scoped_repo_path_if_enabled(
             handlers.validate_path_is_safe(artifact_path))
-        response = _handed_to_nginx(repo, path) if request.headers.get(HANDOFF) == "1" else None
+        handoff = request.headers.get(HANDOFF) == "1" and login.from_front_door()
+        response = _handed_to_nginx(repo, path) if handoff else None
         if response is None:
             body, length = repo.open_file(path)
             response = current_app.response_class(
@@ -80,9 +87,10 @@ def install(flask_app: Flask) -> None:
 
 def _handed_to_nginx(repo, path: str):
     """An empty answer that has nginx fetch the file from S3 itself; None where nginx could
-    not reach the URL (an S3 endpoint other than the platform's MinIO)."""
+    not use the URL (an S3 endpoint other than the platform's MinIO, or another signature)."""
     url = urlsplit(repo.presigned_get(path, PRESIGNED_FOR_S))
-    if (url.scheme, url.netloc) != STORE_ENDPOINT:
+    # nginx takes a Signature Version 4 URL of its MinIO only (its location checks the same).
+    if (url.scheme, url.netloc) != STORE_ENDPOINT or "X-Amz-Signature=" not in url.query:
         return None
     response = current_app.response_class(b"")
     response.headers["X-Accel-Redirect"] = STORE_LOCATION

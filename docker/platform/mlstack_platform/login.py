@@ -90,6 +90,11 @@ class _TrustedProxy:
 _trusted_proxy = _TrustedProxy()
 
 
+def from_front_door() -> bool:
+    """Whether the request came from nginx (MLSTACK_TRUSTED_PROXY), not another service."""
+    return (request.remote_addr or "unknown") in _trusted_proxy
+
+
 def client_address() -> str:
     peer = request.remote_addr or "unknown"
     forwarded = request.headers.get("X-Real-IP")
