@@ -5,8 +5,9 @@ downloads and uploads in /server-info (mlflow/mlflow#20352), and stock clients t
 artifacts straight from the S3 endpoint. Here that endpoint (http://minio:9000) sits on an
 internal network that team members cannot reach, and they hold no S3 credentials by design:
 every byte must go through the proxy. This repository therefore offers S3's plain operations
-only, without the multipart/presigned mixins, so the server neither advertises nor serves
-presigned URLs. Registered for the `s3-proxied://` scheme (pyproject.toml entry point) and
+only, without the multipart/presigned mixins, so the server neither advertises presigned URLs
+nor gives a client one. (It presigns a download for nginx alone, which fetches the file for
+the client: presigned_get, artifact_download.py.) Registered for the `s3-proxied://` scheme (pyproject.toml entry point) and
 used as `--artifacts-destination s3-proxied://BUCKET`.
 """
 
