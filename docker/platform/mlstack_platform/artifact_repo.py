@@ -7,8 +7,8 @@ internal network that team members cannot reach, and they hold no S3 credentials
 every byte must go through the proxy. This repository therefore offers S3's plain operations
 only, without the multipart/presigned mixins, so the server neither advertises presigned URLs
 nor gives a client one. (It presigns a download for nginx alone, which fetches the file for
-the client: presigned_get, artifact_download.py.) Registered for the `s3-proxied://` scheme (pyproject.toml entry point) and
-used as `--artifacts-destination s3-proxied://BUCKET`.
+the client: presigned_get, artifact_download.py.) Registered for the `s3-proxied://` scheme
+(pyproject.toml entry point) and used as `--artifacts-destination s3-proxied://BUCKET`.
 """
 
 from __future__ import annotations
