@@ -8,6 +8,7 @@ job runs on the remote one."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -27,8 +28,10 @@ WORKER_NAME = "gpu-box-1"
 
 def gateway() -> str:
     """The host's address on Docker's default bridge: reachable from any compose network."""
-    return docker("network", "inspect", "bridge", "-f",
-                  "{{(index .IPAM.Config 0).Gateway}}").strip()
+    config = json.loads(docker("network", "inspect", "bridge", "-f", "{{json .IPAM.Config}}"))[0]
+    # Docker records no Gateway when docker0 already existed as the daemon started (a daemon
+    # restarted on this machine); the bridge's address is then its subnet's first one.
+    return config.get("Gateway") or str(next(ipaddress.ip_network(config["Subnet"]).hosts()))
 
 
 @pytest.fixture(scope="module")
