@@ -13,9 +13,10 @@ Workloads (each round, each target):
                              alone (each server warm, as a client sending steadily sees it)
   log-metric, 8 clients      points/s, each client logging to its own run
   log-batch, 4 clients       points/s, 1000 metrics per request
-                             (both for 20 s per target and round, in 4 turns of 5 s that
-                             alternate between the targets, ABBA: the VM's speed drifts over
-                             seconds, and a slow stretch then falls on both alike)
+                             (both for 20 s per target and round, in turns of 1 s and 2.5 s
+                             that alternate between the targets, ABBA, the clients of both
+                             connected throughout: the VM's speed drifts from second to
+                             second, and a slow stretch then falls on both alike)
   runs/search, experiments/search   p50 with RUNS runs in the user's experiment
 Then, on the stack only: an artifact of ARTIFACT_MB up and down with the stock client through
 the proxy (one HTTP stream each way), against boto3 on the same S3 server from the backend
@@ -187,37 +188,92 @@ def _request(run_id: str, step: int, per_request: int) -> tuple[str, dict]:
          "step": step * per_request // 10 + i // 10} for i in range(per_request)]}
 
 
-def _log_points_for(target: Target, experiment_id: str, start_at: float, seconds: float,
-                    per_request: int) -> tuple[int, float]:
-    """Points logged `per_request` at a time from start_at for `seconds` (a first request
-    before, to open the connection), and when the last request ended."""
+class Gate:
+    """Lets one target's clients send while the other's wait, and knows when they are done.
+
+    A client sends only while its target's gate is open, and says so in `in_flight`; the
+    coordinator closes the gate, waits until the requests already sent have answered, and
+    counts the time from opening to that moment."""
+
+    def __init__(self, ctx) -> None:
+        self.open, self.lock = ctx.Event(), ctx.Lock()
+        self.in_flight, self.points = ctx.Value("i", 0, lock=False), ctx.Value("q", 0, lock=False)
+
+    def enter(self) -> bool:
+        if not self.open.wait(0.2):
+            return False
+        with self.lock:
+            if self.open.is_set():
+                self.in_flight.value += 1
+                return True
+        return False
+
+    def leave(self, points: int) -> None:
+        with self.lock:
+            self.in_flight.value -= 1
+            self.points.value += points
+
+    def turn(self, seconds: float) -> float:
+        """Open for `seconds`, then close and drain: how long it took."""
+        started = time.perf_counter()
+        self.open.set()
+        time.sleep(seconds)
+        with self.lock:
+            self.open.clear()
+        while self.in_flight.value:
+            time.sleep(0.001)
+        return time.perf_counter() - started
+
+
+def _gated_client(target: Target, experiment_id: str, per_request: int, gate: Gate,
+                  ready, stop) -> None:
+    """Logs `per_request` points a request, to a run of its own, while its gate is open."""
     s = target.session()
     run_id = target.new_run(s, experiment_id)
-    target.post(s, *_request(run_id, 0, per_request))
-    time.sleep(max(0.0, start_at - time.time()))
+    target.post(s, *_request(run_id, 0, per_request))  # the connection open, caches warm
+    ready.release()
     step = 1
-    while time.time() < start_at + seconds:
-        target.post(s, *_request(run_id, step, per_request))
-        step += 1
-    return (step - 1) * per_request, time.time()
+    while not stop.is_set():
+        if gate.enter():
+            try:
+                target.post(s, *_request(run_id, step, per_request))
+            finally:
+                gate.leave(per_request)
+            step += 1
 
 
 def throughput(clients: int, per_request: int, targets: list[Target],
                experiments: dict[str, tuple[str, str]], seconds: float,
-               slices: int) -> dict[str, float]:
-    """Points/s of `clients` parallel clients per target, the load given to each target in
-    `slices` turns taken alternately (ABBA...): the VM's speed drifts over seconds, and a slow
-    stretch then falls on both targets alike rather than on whichever ran second."""
-    points = {t.name: 0 for t in targets}
-    elapsed = {t.name: 0.0 for t in targets}
-    for i in range(slices):
-        for target in targets if i % 2 == 0 else targets[::-1]:
-            start_at = time.time() + 3  # every client has its run and connection by then
-            done = in_parallel(_log_points_for, [(target, experiments[target.name][0], start_at,
-                                                  seconds / slices, per_request)] * clients)
-            points[target.name] += sum(p for p, _ in done)
-            elapsed[target.name] += max(end for _, end in done) - start_at
-    return {name: points[name] / elapsed[name] for name in points}
+               turn_s: float) -> dict[str, float]:
+    """Points/s of `clients` parallel clients per target, each target given `seconds` of load
+    in turns of `turn_s`, taken alternately (ABBA...). The clients of both targets are started
+    first and stay connected; a target's clients wait while the other's turn runs. The VM's
+    speed drifts from second to second (in one 5 s turn every container spent a third more CPU
+    per request than in the turns around it), so turns of a second or two let a slow stretch
+    fall on both targets alike."""
+    ctx = multiprocessing.get_context("fork")
+    gates = {t.name: Gate(ctx) for t in targets}
+    ready, stop = ctx.Semaphore(0), ctx.Event()
+    workers = [ctx.Process(target=_gated_client, daemon=True,
+                           args=(t, experiments[t.name][0], per_request, gates[t.name], ready, stop))
+               for t in targets for _ in range(clients)]
+    for w in workers:
+        w.start()
+    try:
+        for _ in workers:
+            if not ready.acquire(timeout=120):
+                raise RuntimeError("a throughput client did not start (see its traceback above)")
+        elapsed = {t.name: 0.0 for t in targets}
+        for i in range(max(1, round(seconds / turn_s))):
+            for target in targets if i % 2 == 0 else targets[::-1]:
+                elapsed[target.name] += gates[target.name].turn(turn_s)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(timeout=150)
+            if w.is_alive():
+                w.kill()
+    return {name: gates[name].points.value / elapsed[name] for name in elapsed}
 
 
 def _create_runs(target: Target, experiment_id: str, count: int) -> None:
@@ -256,8 +312,9 @@ def in_parallel(fn, argsets: list[tuple]) -> list:
 class Sizes:
     rounds: int = 2
     latency_calls: int = 300
-    throughput_seconds: float = 20  # per target and round, in `slices` turns
-    slices: int = 4
+    throughput_seconds: float = 20  # per target and round, in turns of:
+    metric_turn_s: float = 1  # (8 clients: ~300 requests a turn)
+    batch_turn_s: float = 2.5  # (4 clients: ~40 requests of 1000 points a turn)
     runs: int = 10_000
     search_calls: int = 30
     artifact_mb: int = 1024
@@ -274,10 +331,11 @@ def round_of(targets: list[Target], experiments: dict[str, tuple[str, str]],
         alone = in_parallel(_log_metric_calls, [([target], [experiments[target.name][0]],
                                                  n.latency_calls)])[0][0]
         figures[target.name]["log-metric, 1 client alone, p50 ms"] = statistics.median(alone) * 1000
-    for workload, clients, per_request in (("log-metric, 8 clients", 8, 1),
-                                           ("log-batch (1000 points), 4 clients", 4, 1000)):
+    for workload, clients, per_request, turn_s in (
+            ("log-metric, 8 clients", 8, 1, n.metric_turn_s),
+            ("log-batch (1000 points), 4 clients", 4, 1000, n.batch_turn_s)):
         for name, rate in throughput(clients, per_request, targets, experiments,
-                                     n.throughput_seconds, n.slices).items():
+                                     n.throughput_seconds, turn_s).items():
             figures[name][f"{workload}, points/s"] = rate
     for target in targets:
         searches = in_parallel(_searches, [(target, experiments[target.name][1], n.search_calls)])[0]
@@ -452,7 +510,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, help="runs in the searched experiment")
     parser.add_argument("--artifact-mb", type=int)
     args = parser.parse_args()
-    n = Sizes(rounds=1, latency_calls=20, throughput_seconds=2, slices=2, runs=40,
+    n = Sizes(rounds=1, latency_calls=20, throughput_seconds=2, runs=40,
               search_calls=3, artifact_mb=8) if args.smoke else Sizes()
     n.rounds, n.runs, n.artifact_mb = (args.rounds or n.rounds, args.runs or n.runs,
                                        args.artifact_mb or n.artifact_mb)
