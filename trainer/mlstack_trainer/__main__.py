@@ -17,8 +17,6 @@ import argparse
 import os
 import sys
 
-from .settings import SettingError
-
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mlstack-trainer", description=__doc__,
@@ -38,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         return tb_layout.main(sys.stdin)
     # Imports per role: the healthcheck runs every few seconds and must stay cheap.
     if args.role == "check":
-        from .worker import DEFAULT_HEARTBEAT_FILE, check
+        from .heartbeat import DEFAULT_HEARTBEAT_FILE, check
 
         return check(DEFAULT_HEARTBEAT_FILE, max_age_s=60)
     if args.role == "api":
@@ -49,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                               "--host", "0.0.0.0", "--port", "8000", "--no-access-log",
                               "--no-server-header", "--timeout-graceful-shutdown", "20"])
     from .jobs_client import JobsClient
-    from .settings import WorkerSettings
+    from .settings import SettingError, WorkerSettings
     from .worker import Worker
 
     try:

@@ -24,7 +24,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -32,12 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from . import sandbox
+from .heartbeat import DEFAULT_HEARTBEAT_FILE, beat
 from .jobs_client import JobsClient, LeaseLost, Refused
 from .remote import Sender
 from .settings import WorkerSettings
 from .tb_publish import Publisher
-
-DEFAULT_HEARTBEAT_FILE = Path("/tmp/mlstack-worker.heartbeat")
 
 
 @dataclass
@@ -96,7 +94,7 @@ class Worker:
         return True
 
     def _beat(self) -> None:
-        self.timing.heartbeat_file.write_text(str(time.time()))
+        beat(self.timing.heartbeat_file)
 
     # --- one job -----------------------------------------------------------------------------------
 
@@ -220,16 +218,3 @@ class Worker:
                 return
             except subprocess.TimeoutExpired:
                 continue
-
-
-def check(heartbeat_file: Path, max_age_s: float) -> int:
-    """Healthcheck: 0 when the worker touched its heartbeat file within max_age_s."""
-    try:
-        age = time.time() - float(heartbeat_file.read_text())
-    except (FileNotFoundError, ValueError):
-        print("no heartbeat yet", file=sys.stderr)
-        return 1
-    if age > max_age_s:
-        print(f"last heartbeat {age:.0f}s ago", file=sys.stderr)
-        return 1
-    return 0
