@@ -213,10 +213,15 @@ def test_nginx_fetches_downloads_from_the_store_and_nobody_can_steer_it(stack: S
         assert r.headers["Cache-Control"] == "no-cache"
         assert "Content-Encoding" not in r.headers  # the .gz arrives as stored, not unpacked
     # nginx fetched them from MinIO: MLflow answered first, then MinIO ("<mlflow> : <minio>").
-    log = stack.compose("logs", "--no-color", "nginx").stdout
-    lines = [line for line in log.splitlines()
-             if f"GET /api/2.0/mlflow-artifacts/artifacts/{experiment}/{run}/artifacts/weights.bin"
-             in line and f" {dora[0]} " in line and '" 200 ' in line]
+    # (nginx writes its access log at least once a second.)
+    for _ in range(10):
+        time.sleep(1)
+        log = stack.compose("logs", "--no-color", "nginx").stdout
+        lines = [line for line in log.splitlines()
+                 if f"GET /api/2.0/mlflow-artifacts/artifacts/{experiment}/{run}/artifacts/weights.bin"
+                 in line and f" {dora[0]} " in line and '" 200 ' in line]
+        if lines:
+            break
     assert lines and all(re.search(r'upstream="[^"]*:5000 : [^"]*:9000"', line) for line in lines), lines
 
     e = stack.session(*emil)
