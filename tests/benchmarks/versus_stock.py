@@ -248,9 +248,9 @@ def throughput(clients: int, per_request: int, targets: list[Target],
     """Points/s of `clients` parallel clients per target, each target given `seconds` of load
     in turns of `turn_s`, taken alternately (ABBA...). The clients of both targets are started
     first and stay connected; a target's clients wait while the other's turn runs. The VM's
-    speed drifts from second to second (in one 5 s turn every container spent a third more CPU
-    per request than in the turns around it), so turns of a second or two let a slow stretch
-    fall on both targets alike."""
+    speed drifts from second to second (in one turn of a few seconds every container spent a
+    third more CPU per request than in the turns around it), so turns of a second or two let
+    a slow stretch fall on both targets alike."""
     ctx = multiprocessing.get_context("fork")
     gates = {t.name: Gate(ctx) for t in targets}
     ready, stop = ctx.Semaphore(0), ctx.Event()
@@ -267,6 +267,8 @@ def throughput(clients: int, per_request: int, targets: list[Target],
         for i in range(max(1, round(seconds / turn_s))):
             for target in targets if i % 2 == 0 else targets[::-1]:
                 elapsed[target.name] += gates[target.name].turn(turn_s)
+        if not all(w.is_alive() for w in workers):  # a request failed: its traceback is above
+            raise RuntimeError("a throughput client stopped before the end")
     finally:
         stop.set()
         for w in workers:
