@@ -15,8 +15,8 @@ Workloads (each round, each target):
   log-batch, 4 clients       points/s, 1000 metrics per request
                              (both for 20 s per target and round, in turns of 1 s and 2.5 s
                              that alternate between the targets, ABBA, the clients of both
-                             connected throughout: the VM's speed drifts from second to
-                             second, and a slow stretch then falls on both alike)
+                             started first: the VM's speed drifts from second to second, and
+                             a slow stretch then falls on both alike)
   runs/search, experiments/search   p50 with RUNS runs in the user's experiment
 Then, on the stack only: an artifact of ARTIFACT_MB up and down with the stock client through
 the proxy (one HTTP stream each way), against boto3 on the same S3 server from the backend
@@ -196,7 +196,7 @@ class Gate:
     counts the time from opening to that moment."""
 
     def __init__(self, ctx) -> None:
-        self.open, self.lock = ctx.Event(), ctx.Lock()
+        self.open, self.lock, self.failed = ctx.Event(), ctx.Lock(), ctx.Event()
         self.in_flight, self.points = ctx.Value("i", 0, lock=False), ctx.Value("q", 0, lock=False)
 
     def enter(self) -> bool:
@@ -209,6 +209,9 @@ class Gate:
         return False
 
     def leave(self, points: int) -> None:
+        """A request answered (points > 0) or failed (0: no figure of this run counts)."""
+        if not points:
+            self.failed.set()
         with self.lock:
             self.in_flight.value -= 1
             self.points.value += points
@@ -220,8 +223,13 @@ class Gate:
         time.sleep(seconds)
         with self.lock:
             self.open.clear()
-        while self.in_flight.value:
+        deadline = time.monotonic() + 150  # a request's own timeout is 120 s
+        while self.in_flight.value and not self.failed.is_set():
+            if time.monotonic() > deadline:
+                raise RuntimeError("a throughput client's request never ended")
             time.sleep(0.001)
+        if self.failed.is_set():  # its traceback is above
+            raise RuntimeError("a throughput client's request failed")
         return time.perf_counter() - started
 
 
@@ -235,10 +243,12 @@ def _gated_client(target: Target, experiment_id: str, per_request: int, gate: Ga
     step = 1
     while not stop.is_set():
         if gate.enter():
+            answered = False
             try:
                 target.post(s, *_request(run_id, step, per_request))
+                answered = True
             finally:
-                gate.leave(per_request)
+                gate.leave(per_request if answered else 0)
             step += 1
 
 
@@ -247,7 +257,9 @@ def throughput(clients: int, per_request: int, targets: list[Target],
                turn_s: float) -> dict[str, float]:
     """Points/s of `clients` parallel clients per target, each target given `seconds` of load
     in turns of `turn_s`, taken alternately (ABBA...). The clients of both targets are started
-    first and stay connected; a target's clients wait while the other's turn runs. The VM's
+    first and keep their connections (stock MLflow's gunicorn closes one idle for 2 s, its
+    default: in log-batch its clients reconnect each turn, a TCP handshake on plain HTTP); a
+    target's clients wait while the other's turn runs. The VM's
     speed drifts from second to second (in one turn of a few seconds every container spent a
     third more CPU per request than in the turns around it), so turns of a second or two let
     a slow stretch fall on both targets alike."""
@@ -267,7 +279,7 @@ def throughput(clients: int, per_request: int, targets: list[Target],
         for i in range(max(1, round(seconds / turn_s))):
             for target in targets if i % 2 == 0 else targets[::-1]:
                 elapsed[target.name] += gates[target.name].turn(turn_s)
-        if not all(w.is_alive() for w in workers):  # a request failed: its traceback is above
+        if not all(w.is_alive() for w in workers):
             raise RuntimeError("a throughput client stopped before the end")
     finally:
         stop.set()
@@ -275,6 +287,8 @@ def throughput(clients: int, per_request: int, targets: list[Target],
             w.join(timeout=150)
             if w.is_alive():
                 w.kill()
+    if any(w.exitcode for w in workers):
+        raise RuntimeError("a throughput client failed at the end (its traceback is above)")
     return {name: gates[name].points.value / elapsed[name] for name in elapsed}
 
 
