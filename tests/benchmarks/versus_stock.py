@@ -209,9 +209,6 @@ class Gate:
         return False
 
     def leave(self, points: int) -> None:
-        """A request answered (points > 0) or failed (0: no figure of this run counts)."""
-        if not points:
-            self.failed.set()
         with self.lock:
             self.in_flight.value -= 1
             self.points.value += points
@@ -243,12 +240,13 @@ def _gated_client(target: Target, experiment_id: str, per_request: int, gate: Ga
     step = 1
     while not stop.is_set():
         if gate.enter():
-            answered = False
             try:
                 target.post(s, *_request(run_id, step, per_request))
-                answered = True
-            finally:
-                gate.leave(per_request if answered else 0)
+            except BaseException:
+                gate.failed.set()  # no figure of this run counts
+                gate.leave(0)
+                raise
+            gate.leave(per_request)
             step += 1
 
 
@@ -259,10 +257,10 @@ def throughput(clients: int, per_request: int, targets: list[Target],
     in turns of `turn_s`, taken alternately (ABBA...). The clients of both targets are started
     first and keep their connections (stock MLflow's gunicorn closes one idle for 2 s, its
     default: in log-batch its clients reconnect each turn, a TCP handshake on plain HTTP); a
-    target's clients wait while the other's turn runs. The VM's
-    speed drifts from second to second (in one turn of a few seconds every container spent a
-    third more CPU per request than in the turns around it), so turns of a second or two let
-    a slow stretch fall on both targets alike."""
+    target's clients wait while the other's turn runs. The VM's speed drifts from second to
+    second (in one turn of a few seconds every container spent a third more CPU per request
+    than in the turns around it), so turns of a second or two let a slow stretch fall on both
+    targets alike."""
     ctx = multiprocessing.get_context("fork")
     gates = {t.name: Gate(ctx) for t in targets}
     ready, stop = ctx.Semaphore(0), ctx.Event()
@@ -279,16 +277,14 @@ def throughput(clients: int, per_request: int, targets: list[Target],
         for i in range(max(1, round(seconds / turn_s))):
             for target in targets if i % 2 == 0 else targets[::-1]:
                 elapsed[target.name] += gates[target.name].turn(turn_s)
-        if not all(w.is_alive() for w in workers):
-            raise RuntimeError("a throughput client stopped before the end")
     finally:
         stop.set()
         for w in workers:
             w.join(timeout=150)
             if w.is_alive():
                 w.kill()
-    if any(w.exitcode for w in workers):
-        raise RuntimeError("a throughput client failed at the end (its traceback is above)")
+    if any(w.exitcode for w in workers):  # one died between requests, or failed in the last
+        raise RuntimeError("a throughput client failed (its traceback is above)")
     return {name: gates[name].points.value / elapsed[name] for name in elapsed}
 
 
